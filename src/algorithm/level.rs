@@ -1,0 +1,79 @@
+//! GCRA, the greedy token bucket and the leaky bucket: one level that
+//! drains continuously.
+//!
+//! The state is the level `L` in ticks at time `last`. One unit is
+//! `unit` ticks, the bucket holds `burst·unit` ticks and drains `drain`
+//! ticks per µs, so every quantity is an integer and the rate
+//! `drain / unit = limit / period` is exact. This is GCRA's
+//! continuous-state form: `last + L / drain` is its theoretical arrival time.
+
+use super::Slot;
+use crate::quota::Params;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Level {
+    pub(crate) level: u64,
+    pub(crate) last: u64,
+}
+
+impl Level {
+    pub(crate) fn fresh(now: u64) -> Self {
+        Self {
+            level: 0,
+            last: now,
+        }
+    }
+
+    /// The level at `t`; before `last` (a reservation ahead, or a clock
+    /// that stepped back) nothing has drained yet.
+    fn level_at(&self, p: &Params, t: u64) -> u64 {
+        let elapsed = t.saturating_sub(self.last);
+        if elapsed >= self.level.div_ceil(p.drain) {
+            0
+        } else {
+            self.level - elapsed * p.drain
+        }
+    }
+
+    pub(crate) fn earliest(&self, p: &Params, now: u64, cost: u64, shaping: bool) -> Slot {
+        let capacity = p.capacity();
+        if cost > p.burst {
+            return Slot::Never;
+        }
+        let need = cost * p.unit;
+        // Nobody goes ahead of a reservation already made.
+        let t0 = now.max(self.last);
+        let level = self.level_at(p, t0);
+        if shaping {
+            // Requests leave one after another at the drain rate; the bucket
+            // holds `burst` units of requests waiting to leave.
+            let ahead = level + (t0 - now) * p.drain;
+            if ahead + need > capacity {
+                return Slot::QueueFull {
+                    retry_at: now + (ahead + need - capacity).div_ceil(p.drain),
+                };
+            }
+            return Slot::At(t0 + level.div_ceil(p.drain));
+        }
+        match (level + need).checked_sub(capacity) {
+            None | Some(0) => Slot::At(t0),
+            Some(excess) => Slot::At(t0 + excess.div_ceil(p.drain)),
+        }
+    }
+
+    pub(crate) fn commit(&mut self, p: &Params, t: u64, cost: u64) {
+        self.level = self.level_at(p, t) + cost * p.unit;
+        self.last = self.last.max(t);
+    }
+
+    pub(crate) fn remaining(&self, p: &Params, now: u64) -> u64 {
+        if self.last > now {
+            return 0;
+        }
+        p.capacity().saturating_sub(self.level_at(p, now)) / p.unit
+    }
+
+    pub(crate) fn full_at(&self, p: &Params) -> u64 {
+        self.last + self.level.div_ceil(p.drain)
+    }
+}

@@ -1,0 +1,252 @@
+//! The algorithms as pure functions of state and time.
+//!
+//! [`decide`] is the whole decision for one request against a
+//! [`PolicySet`]: it finds the earliest time every policy admits the
+//! request, and commits it to all of them or to none. The in-memory store
+//! calls it under a lock; a custom store can call it the same way. The Redis
+//! scripts compute exactly the same thing.
+//!
+//! Time is integer microseconds. Every algorithm keeps requests in order: a
+//! request is never admitted ahead of a reservation made earlier on the same
+//! state, which is what lets wait mode reserve a slot and still never exceed
+//! a limit.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_ratelimit::algorithm::{decide, State};
+//! use tower_ratelimit::{Policy, PolicySet, Quota};
+//!
+//! let set = PolicySet::new(vec![Policy::new("burst", Quota::per_second(2))]).unwrap();
+//! let mut states: Vec<Option<State>> = vec![None];
+//! assert!(decide(&set, &mut states, 0, 1, None).is_allowed());
+//! assert!(decide(&set, &mut states, 0, 1, None).is_allowed());
+//! let third = decide(&set, &mut states, 0, 1, None);
+//! assert!(!third.is_allowed());
+//! assert_eq!(third.retry_after(), Some(Duration::from_millis(500)));
+//! ```
+
+mod fixed_window;
+mod level;
+mod sliding_counter;
+mod sliding_log;
+mod token_bucket;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::decision::{Decision, PolicyDecision};
+use crate::quota::{Algorithm, Params, PolicySet};
+
+pub(crate) use fixed_window::FixedWindow;
+pub(crate) use level::Level;
+pub(crate) use sliding_counter::SlidingCounter;
+pub(crate) use sliding_log::SlidingLog;
+pub(crate) use token_bucket::TokenBucket;
+
+/// The earliest time a policy admits a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// At this time (now or later).
+    At(u64),
+    /// Not now and no waiting: a shaping leaky bucket is full. A retry at
+    /// `retry_at` finds room.
+    QueueFull { retry_at: u64 },
+    /// Never: the cost exceeds what the policy can ever hold.
+    Never,
+}
+
+/// One policy's state for one key. Opaque; made and changed by [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State(pub(crate) Repr);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Repr {
+    Level(Level),
+    TokenBucket(TokenBucket),
+    FixedWindow(FixedWindow),
+    SlidingLog(SlidingLog),
+    SlidingCounter(SlidingCounter),
+}
+
+impl State {
+    /// A full state (nothing spent) for `p` at `now`.
+    pub(crate) fn fresh(p: &Params, now: u64) -> Self {
+        State(match p.algorithm {
+            Algorithm::Gcra | Algorithm::GreedyTokenBucket | Algorithm::LeakyBucket => {
+                Repr::Level(Level::fresh(now))
+            }
+            Algorithm::TokenBucket => Repr::TokenBucket(TokenBucket::fresh(p, now)),
+            Algorithm::FixedWindow => Repr::FixedWindow(FixedWindow::fresh(p, now)),
+            Algorithm::SlidingWindowLog => Repr::SlidingLog(SlidingLog::default()),
+            Algorithm::SlidingWindowCounter => Repr::SlidingCounter(SlidingCounter::fresh(p, now)),
+        })
+    }
+
+    fn earliest(&self, p: &Params, now: u64, cost: u64, shaping: bool) -> Slot {
+        match &self.0 {
+            Repr::Level(s) => s.earliest(
+                p,
+                now,
+                cost,
+                shaping && p.algorithm == Algorithm::LeakyBucket,
+            ),
+            Repr::TokenBucket(s) => s.earliest(p, now, cost),
+            Repr::FixedWindow(s) => s.earliest(p, now, cost),
+            Repr::SlidingLog(s) => s.earliest(p, now, cost),
+            Repr::SlidingCounter(s) => s.earliest(p, now, cost),
+        }
+    }
+
+    fn commit(&mut self, p: &Params, t: u64, cost: u64) {
+        match &mut self.0 {
+            Repr::Level(s) => s.commit(p, t, cost),
+            Repr::TokenBucket(s) => s.commit(p, t, cost),
+            Repr::FixedWindow(s) => s.commit(p, t, cost),
+            Repr::SlidingLog(s) => s.commit(p, t, cost),
+            Repr::SlidingCounter(s) => s.commit(p, t, cost),
+        }
+    }
+
+    fn remaining(&self, p: &Params, now: u64) -> u64 {
+        match &self.0 {
+            Repr::Level(s) => s.remaining(p, now),
+            Repr::TokenBucket(s) => s.remaining(p, now),
+            Repr::FixedWindow(s) => s.remaining(p, now),
+            Repr::SlidingLog(s) => s.remaining(p, now),
+            Repr::SlidingCounter(s) => s.remaining(p, now),
+        }
+    }
+
+    /// When the state is back to full: from then on it can be forgotten.
+    pub(crate) fn full_at(&self, p: &Params) -> u64 {
+        match &self.0 {
+            Repr::Level(s) => s.full_at(p),
+            Repr::TokenBucket(s) => s.full_at(p),
+            Repr::FixedWindow(s) => s.full_at(p),
+            Repr::SlidingLog(s) => s.full_at(p),
+            Repr::SlidingCounter(s) => s.full_at(p),
+        }
+    }
+}
+
+/// Decides one request of `cost` units at `now` (µs) against every policy
+/// in `set`, all or nothing.
+///
+/// `states[i]` is policy `i`'s state for the request's key; `None` means
+/// full (never used, or forgotten after it refilled). On admission every
+/// state is updated; on rejection none is. `max_wait` is `None` to decide
+/// now (reject mode) or the longest a request may wait for a reserved slot
+/// (wait mode).
+///
+/// # Panics
+///
+/// If `states.len() != set.len()`.
+pub fn decide(
+    set: &PolicySet,
+    states: &mut [Option<State>],
+    now: u64,
+    cost: u64,
+    max_wait: Option<Duration>,
+) -> Decision {
+    let params = set.params();
+    assert_eq!(
+        states.len(),
+        params.len(),
+        "one state slot per policy in the set"
+    );
+    let shaping = max_wait.is_some();
+    let max_wait = max_wait.map_or(0, crate::clock::duration_micros);
+
+    let mut slots = Vec::with_capacity(params.len());
+    for (p, state) in params.iter().zip(states.iter()) {
+        let slot = if cost == 0 {
+            Slot::At(now)
+        } else {
+            match state {
+                Some(s) => s.earliest(p, now, cost, shaping),
+                None => State::fresh(p, now).earliest(p, now, cost, shaping),
+            }
+        };
+        slots.push(slot);
+    }
+
+    // The slot for all policies is the latest of theirs.
+    let mut at = Some(now);
+    let mut queue_full = false;
+    for slot in &slots {
+        at = match (*slot, at) {
+            (Slot::At(t), Some(a)) => Some(a.max(t)),
+            (Slot::QueueFull { retry_at }, Some(a)) => {
+                queue_full = true;
+                Some(a.max(retry_at))
+            }
+            _ => None,
+        };
+    }
+    let allowed = matches!(at, Some(t) if !queue_full && t - now <= max_wait);
+
+    if allowed && cost > 0 {
+        let t = at.unwrap_or(now);
+        for (p, state) in params.iter().zip(states.iter_mut()) {
+            state
+                .get_or_insert_with(|| State::fresh(p, now))
+                .commit(p, t, cost);
+        }
+    }
+
+    let policies: Arc<[PolicyDecision]> = params
+        .iter()
+        .zip(states.iter())
+        .zip(&slots)
+        .zip(set.policies())
+        .map(|(((p, state), slot), policy)| {
+            let (remaining, full_at) = match state {
+                Some(s) => (s.remaining(p, now), s.full_at(p)),
+                None => (p.burst, now),
+            };
+            let retry_after = match *slot {
+                Slot::At(t) => Some(t - now),
+                Slot::QueueFull { retry_at } => Some(retry_at - now),
+                Slot::Never => None,
+            };
+            PolicyDecision {
+                name: Arc::clone(policy.shared_name()),
+                allowed: allowed || retry_after == Some(0),
+                limit: p.limit,
+                period: Duration::from_micros(p.period),
+                remaining,
+                retry_after: retry_after.map(Duration::from_micros),
+                reset_after: Duration::from_micros(full_at.saturating_sub(now)),
+            }
+        })
+        .collect();
+
+    let wait = if allowed {
+        at.map_or(0, |t| t - now)
+    } else {
+        0
+    };
+    let retry_after = if allowed {
+        None
+    } else {
+        at.map(|t| Duration::from_micros(t - now))
+    };
+    Decision::new(
+        allowed,
+        now,
+        Duration::from_micros(wait),
+        retry_after,
+        policies,
+    )
+}
+
+/// When every state in `states` is back to full, in µs: the time after
+/// which a store may forget them (and the expiry a store should set).
+pub fn full_at(set: &PolicySet, states: &[Option<State>]) -> u64 {
+    set.params()
+        .iter()
+        .zip(states)
+        .filter_map(|(p, s)| s.as_ref().map(|s| s.full_at(p)))
+        .max()
+        .unwrap_or(0)
+}

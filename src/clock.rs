@@ -1,0 +1,124 @@
+//! Where the in-memory store gets its time.
+//!
+//! Every algorithm works on integer microseconds. The store asks a [`Clock`]
+//! for "now" once per decision, so a test can swap the system clock for a
+//! [`FakeClock`] and script time exactly, or for a [`TokioClock`] and let
+//! `tokio::time::pause` drive it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A source of time in whole microseconds.
+///
+/// Algorithms tolerate a clock that steps backwards (they treat it as no time
+/// having passed), but fixed and sliding windows align to multiples of the
+/// period on this clock, so a wall clock gives windows that start on the
+/// minute or the hour.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time in microseconds.
+    fn now_micros(&self) -> u64;
+}
+
+/// The system's wall clock: microseconds since the Unix epoch.
+///
+/// This is what Redis's `TIME` returns too, so windows line up between the
+/// in-memory and the Redis store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_micros(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A clock that only moves when told to. Clones share one time.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_ratelimit::clock::{Clock, FakeClock};
+///
+/// let clock = FakeClock::new();
+/// let seen_by_store = clock.clone();
+/// clock.advance(Duration::from_millis(1500));
+/// assert_eq!(seen_by_store.now_micros(), 1_500_000);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct FakeClock {
+    micros: Arc<AtomicU64>,
+}
+
+impl FakeClock {
+    /// A clock standing at time zero.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A clock standing at `micros`.
+    #[must_use]
+    pub fn at_micros(micros: u64) -> Self {
+        Self {
+            micros: Arc::new(AtomicU64::new(micros)),
+        }
+    }
+
+    /// Moves time forward by `by` (whole microseconds; the rest is dropped).
+    pub fn advance(&self, by: Duration) {
+        self.micros.fetch_add(duration_micros(by), Ordering::SeqCst);
+    }
+
+    /// Sets the time to `micros`, forwards or backwards.
+    pub fn set_micros(&self, micros: u64) {
+        self.micros.store(micros, Ordering::SeqCst);
+    }
+}
+
+impl Clock for FakeClock {
+    fn now_micros(&self) -> u64 {
+        self.micros.load(Ordering::SeqCst)
+    }
+}
+
+/// Tokio's clock: microseconds since this clock was made, on
+/// `tokio::time::Instant`.
+///
+/// Under `tokio::time::pause()` it stands still and moves with
+/// `tokio::time::advance` and with the auto-advance of paused sleeps, so the
+/// limiter and the waits in [`OnLimit::Wait`](crate::OnLimit::Wait) share
+/// one virtual time in tests.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock reading zero now. Call it inside a tokio runtime when time is
+    /// paused, so it starts from the paused time.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_micros(&self) -> u64 {
+        duration_micros(self.start.elapsed())
+    }
+}
+
+/// A duration in whole microseconds, saturating at `u64::MAX`.
+pub(crate) fn duration_micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}

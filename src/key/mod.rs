@@ -1,0 +1,209 @@
+//! Who is being limited: the [`KeyExtractor`] trait and the built-in
+//! extractors.
+//!
+//! An extractor looks at a request and names the key its quota is counted
+//! under. `Ok(None)` means the request has no key; by default it is let
+//! through uncounted (see
+//! [`RateLimitLayerBuilder::reject_missing_key`](crate::RateLimitLayerBuilder::reject_missing_key)).
+//! `Err` means the extractor cannot work on this service at all, such as
+//! [`PeerIp`] on a server that does not record peer addresses.
+//!
+//! Any closure `Fn(&Req) -> Option<K>` with `K: Into<Key>` is an extractor:
+//!
+//! ```
+//! use tower_ratelimit::key::{Key, KeyExtractor};
+//!
+//! let by_user = |req: &http::Request<()>| {
+//!     req.headers()
+//!         .get("x-user-id")
+//!         .and_then(|v| v.to_str().ok())
+//!         .map(str::to_owned)
+//! };
+//! let req = http::Request::builder().header("x-user-id", "42").body(()).unwrap();
+//! assert_eq!(by_user.extract(&req).unwrap(), Some(Key::from("42")));
+//! ```
+
+mod global;
+mod header;
+mod peer_ip;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+
+pub use global::Global;
+pub use header::Header;
+pub use peer_ip::PeerIp;
+
+use crate::error::KeyError;
+
+/// Names the key a request is counted under.
+pub trait KeyExtractor<Req>: Send + Sync + 'static {
+    /// The request's key, `None` if it has none, or an error if the
+    /// extractor cannot work on this service.
+    fn extract(&self, req: &Req) -> Result<Option<Key>, KeyError>;
+}
+
+impl<F, Req, K> KeyExtractor<Req> for F
+where
+    F: Fn(&Req) -> Option<K> + Send + Sync + 'static,
+    K: Into<Key>,
+{
+    fn extract(&self, req: &Req) -> Result<Option<Key>, KeyError> {
+        Ok(self(req).map(Into::into))
+    }
+}
+
+/// A rate-limit key: a string, an integer, an IP address or the global key.
+///
+/// Keys of different kinds never collide: `Key::from(7_u64)` and
+/// `Key::from("7")` are counted apart.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Key(Repr);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Repr {
+    Global,
+    Int(u64),
+    Ip(IpAddr),
+    Str(Arc<str>),
+    Bytes(Arc<[u8]>),
+}
+
+impl Key {
+    /// The one key shared by every request.
+    #[must_use]
+    pub const fn global() -> Self {
+        Key(Repr::Global)
+    }
+
+    /// The key as bytes for a store, with a tag naming its kind so kinds
+    /// never collide: `g`, `n:<int>`, `ip:<addr>`, `s:<str>`, `b:<bytes>`.
+    pub fn write_tagged(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // Writing into a Vec cannot fail.
+        let _ = match &self.0 {
+            Repr::Global => out.write_all(b"g"),
+            Repr::Int(n) => write!(out, "n:{n}"),
+            Repr::Ip(ip) => write!(out, "ip:{ip}"),
+            Repr::Str(s) => {
+                out.extend_from_slice(b"s:");
+                out.write_all(s.as_bytes())
+            }
+            Repr::Bytes(b) => {
+                out.extend_from_slice(b"b:");
+                out.write_all(b)
+            }
+        };
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Repr::Global => f.write_str("Key::global()"),
+            Repr::Int(n) => write!(f, "Key({n})"),
+            Repr::Ip(ip) => write!(f, "Key({ip})"),
+            Repr::Str(s) => write!(f, "Key({s:?})"),
+            Repr::Bytes(b) => write!(f, "Key({:?})", String::from_utf8_lossy(b)),
+        }
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Repr::Global => f.write_str("global"),
+            Repr::Int(n) => write!(f, "{n}"),
+            Repr::Ip(ip) => write!(f, "{ip}"),
+            Repr::Str(s) => f.write_str(s),
+            Repr::Bytes(b) => f.write_str(&String::from_utf8_lossy(b)),
+        }
+    }
+}
+
+impl From<&str> for Key {
+    fn from(s: &str) -> Self {
+        Key(Repr::Str(Arc::from(s)))
+    }
+}
+
+impl From<String> for Key {
+    fn from(s: String) -> Self {
+        Key(Repr::Str(Arc::from(s)))
+    }
+}
+
+impl From<Arc<str>> for Key {
+    fn from(s: Arc<str>) -> Self {
+        Key(Repr::Str(s))
+    }
+}
+
+impl From<&[u8]> for Key {
+    fn from(b: &[u8]) -> Self {
+        match std::str::from_utf8(b) {
+            Ok(s) => Key::from(s),
+            Err(_) => Key(Repr::Bytes(Arc::from(b))),
+        }
+    }
+}
+
+impl From<u64> for Key {
+    fn from(n: u64) -> Self {
+        Key(Repr::Int(n))
+    }
+}
+
+impl From<u32> for Key {
+    fn from(n: u32) -> Self {
+        Key(Repr::Int(n.into()))
+    }
+}
+
+impl From<IpAddr> for Key {
+    fn from(ip: IpAddr) -> Self {
+        Key(Repr::Ip(ip))
+    }
+}
+
+impl From<Ipv4Addr> for Key {
+    fn from(ip: Ipv4Addr) -> Self {
+        Key(Repr::Ip(ip.into()))
+    }
+}
+
+impl From<Ipv6Addr> for Key {
+    fn from(ip: Ipv6Addr) -> Self {
+        Key(Repr::Ip(ip.into()))
+    }
+}
+
+/// The cost of a request in quota units (default: 1 per request).
+///
+/// Any closure `Fn(&Req) -> u64` is a cost. A request whose cost exceeds a
+/// policy's burst can never be admitted and is rejected at once, with no
+/// retry time.
+pub trait Cost<Req>: Send + Sync + 'static {
+    /// The request's cost.
+    fn cost(&self, req: &Req) -> u64;
+}
+
+impl<F, Req> Cost<Req> for F
+where
+    F: Fn(&Req) -> u64 + Send + Sync + 'static,
+{
+    fn cost(&self, req: &Req) -> u64 {
+        self(req)
+    }
+}
+
+/// Every request costs one unit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnitCost;
+
+impl<Req> Cost<Req> for UnitCost {
+    fn cost(&self, _: &Req) -> u64 {
+        1
+    }
+}

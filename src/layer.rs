@@ -1,0 +1,421 @@
+//! [`RateLimitLayer`] and its builder, where the configuration is checked.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use crate::error::ConfigError;
+use crate::key::{Global, UnitCost};
+use crate::quota::{Policy, PolicySet};
+use crate::response::{ErrorRejection, HeaderStyle, HttpRejection, ResponseConfig};
+use crate::service::RateLimit;
+#[cfg(feature = "memory")]
+use crate::store::MemoryStore;
+
+/// What happens to a request over the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnLimit {
+    /// Turn it away at once: `429`, or a [`RateLimited`](crate::RateLimited)
+    /// error. The default.
+    #[default]
+    Reject,
+    /// Reserve the earliest slot the policies allow and wait for it, if it
+    /// is at most `max` away; otherwise turn the request away without
+    /// spending anything.
+    ///
+    /// A waiting request holds its reservation: if it is dropped while
+    /// waiting (the client went away, a timeout fired), the slot stays
+    /// spent. Refunding it could let a later request through early under
+    /// algorithms that count by time, and a client that gives up still
+    /// asked.
+    Wait {
+        /// The longest a request may wait.
+        max: Duration,
+    },
+}
+
+/// What happens when the store cannot decide (Redis down or slow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Let the request through uncounted (logged with the `tracing`
+    /// feature). The default: a rate limiter outage should not be an outage.
+    #[default]
+    FailOpen,
+    /// Turn the request away: `503 Service Unavailable` (gRPC status 14),
+    /// or the [`StoreError`](crate::StoreError) for non-HTTP services.
+    FailClosed,
+}
+
+/// The state every clone of a [`RateLimit`] service shares.
+pub(crate) struct Shared<K, St, C> {
+    pub(crate) key: K,
+    pub(crate) store: St,
+    pub(crate) cost: C,
+    pub(crate) policies: PolicySet,
+    pub(crate) on_limit: OnLimit,
+    pub(crate) reject_missing_key: bool,
+    pub(crate) failure: FailurePolicy,
+    pub(crate) config: Arc<ResponseConfig>,
+}
+
+/// Rate-limits the service it wraps. Every service it makes, and every
+/// clone of them, shares one limiter.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_ratelimit::{OnLimit, Policy, Quota, RateLimitLayer, key::Header};
+///
+/// let layer = RateLimitLayer::builder()
+///     .policy(Policy::new("burst", Quota::per_second(10)))
+///     .policy(Policy::new("daily", Quota::per_day(10_000)))
+///     .key(Header(http::HeaderName::from_static("x-api-key")))
+///     .on_limit(OnLimit::Wait { max: Duration::from_millis(500) })
+///     .build()
+///     .expect("valid configuration");
+/// # let _ = layer;
+/// ```
+pub struct RateLimitLayer<K, St, C = UnitCost, M = HttpRejection> {
+    shared: Arc<Shared<K, St, C>>,
+    _mode: std::marker::PhantomData<fn() -> M>,
+}
+
+impl<K, St, C, M> Clone for RateLimitLayer<K, St, C, M> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            _mode: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K, St, C, M> fmt::Debug for RateLimitLayer<K, St, C, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("policies", &self.shared.policies.policies())
+            .field("on_limit", &self.shared.on_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "memory")]
+impl RateLimitLayer<Global, MemoryStore> {
+    /// Starts configuring a layer: one global key, the in-memory store,
+    /// reject mode, IETF headers, fail open.
+    pub fn builder() -> RateLimitLayerBuilder<Global, MemoryStore> {
+        RateLimitLayerBuilder::with_store(MemoryStore::new())
+    }
+}
+
+impl<K, St, C, M> RateLimitLayer<K, St, C, M> {
+    /// The layer's policies.
+    #[must_use]
+    pub fn policies(&self) -> &PolicySet {
+        &self.shared.policies
+    }
+
+    /// The store the layer decides with.
+    #[must_use]
+    pub fn store(&self) -> &St {
+        &self.shared.store
+    }
+}
+
+impl<S, K, St, C, M> Layer<S> for RateLimitLayer<K, St, C, M> {
+    type Service = RateLimit<S, K, St, C, M>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, Arc::clone(&self.shared))
+    }
+}
+
+/// Builds a [`RateLimitLayer`]; see [`RateLimitLayer::builder`].
+#[must_use]
+pub struct RateLimitLayerBuilder<K, St, C = UnitCost, M = HttpRejection> {
+    policies: Vec<Policy>,
+    key: K,
+    store: St,
+    cost: C,
+    on_limit: OnLimit,
+    headers: HeaderStyle,
+    reject_missing_key: bool,
+    failure: FailurePolicy,
+    _mode: std::marker::PhantomData<fn() -> M>,
+}
+
+impl<K: fmt::Debug, St, C, M> fmt::Debug for RateLimitLayerBuilder<K, St, C, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayerBuilder")
+            .field("policies", &self.policies)
+            .field("key", &self.key)
+            .field("on_limit", &self.on_limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St> RateLimitLayerBuilder<Global, St> {
+    /// Starts configuring a layer that decides with `store`.
+    pub fn with_store(store: St) -> Self {
+        Self {
+            policies: Vec::new(),
+            key: Global,
+            store,
+            cost: UnitCost,
+            on_limit: OnLimit::Reject,
+            headers: HeaderStyle::Ietf,
+            reject_missing_key: false,
+            failure: FailurePolicy::FailOpen,
+            _mode: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
+    /// Adds a policy. A request must fit every policy; one that does not is
+    /// charged to none of them.
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .policy(Policy::new("burst", Quota::per_second(5)))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(layer.policies().len(), 1);
+    /// ```
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policies.push(policy);
+        self
+    }
+
+    /// Adds several policies.
+    pub fn policies(mut self, policies: impl IntoIterator<Item = Policy>) -> Self {
+        self.policies.extend(policies);
+        self
+    }
+
+    /// Sets how requests are keyed: a [`KeyExtractor`](crate::key::KeyExtractor)
+    /// such as [`PeerIp`](crate::key::PeerIp),
+    /// [`Header`](crate::key::Header) or a closure. Default:
+    /// [`Global`], one limit for all.
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, Quota, RateLimitLayer, key::PeerIp};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .policy(Policy::new("per-ip", Quota::per_minute(60)))
+    ///     .key(PeerIp::new())
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn key<K2>(self, key: K2) -> RateLimitLayerBuilder<K2, St, C, M> {
+        RateLimitLayerBuilder {
+            policies: self.policies,
+            key,
+            store: self.store,
+            cost: self.cost,
+            on_limit: self.on_limit,
+            headers: self.headers,
+            reject_missing_key: self.reject_missing_key,
+            failure: self.failure,
+            _mode: std::marker::PhantomData,
+        }
+    }
+
+    /// Decides with `store` instead of a new [`MemoryStore`].
+    ///
+    /// ```
+    /// use tower_ratelimit::{MemoryStore, Policy, Quota, RateLimitLayer};
+    ///
+    /// let shared = MemoryStore::new();
+    /// let layer = RateLimitLayer::builder()
+    ///     .store(shared.clone())
+    ///     .policy(Policy::new("burst", Quota::per_second(5)))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn store<St2>(self, store: St2) -> RateLimitLayerBuilder<K, St2, C, M> {
+        RateLimitLayerBuilder {
+            policies: self.policies,
+            key: self.key,
+            store,
+            cost: self.cost,
+            on_limit: self.on_limit,
+            headers: self.headers,
+            reject_missing_key: self.reject_missing_key,
+            failure: self.failure,
+            _mode: std::marker::PhantomData,
+        }
+    }
+
+    /// Sets each request's cost in units, a [`Cost`](crate::key::Cost) such
+    /// as a closure. Default: 1.
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, Quota, RateLimitLayer};
+    ///
+    /// // Uploads cost one unit per started MiB.
+    /// let layer = RateLimitLayer::builder()
+    ///     .policy(Policy::new("upload", Quota::per_minute(100)))
+    ///     .cost(|req: &http::Request<()>| {
+    ///         let len: u64 = req
+    ///             .headers()
+    ///             .get(http::header::CONTENT_LENGTH)
+    ///             .and_then(|v| v.to_str().ok()?.parse().ok())
+    ///             .unwrap_or(0);
+    ///         len.div_ceil(1 << 20).max(1)
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn cost<C2>(self, cost: C2) -> RateLimitLayerBuilder<K, St, C2, M> {
+        RateLimitLayerBuilder {
+            policies: self.policies,
+            key: self.key,
+            store: self.store,
+            cost,
+            on_limit: self.on_limit,
+            headers: self.headers,
+            reject_missing_key: self.reject_missing_key,
+            failure: self.failure,
+            _mode: std::marker::PhantomData,
+        }
+    }
+
+    /// Answers limited requests with a boxed
+    /// [`RateLimited`](crate::RateLimited) error instead of a `429`
+    /// response: for services that are not HTTP services.
+    ///
+    /// ```
+    /// use tower::{ServiceBuilder, service_fn};
+    /// use tower_ratelimit::{Policy, Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .policy(Policy::new("jobs", Quota::per_second(100)))
+    ///     .reject_with_error()
+    ///     .build()
+    ///     .unwrap();
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(layer)
+    ///     .service(service_fn(|job: u32| async move { Ok::<_, std::io::Error>(job * 2) }));
+    /// # let _ = svc;
+    /// ```
+    pub fn reject_with_error(self) -> RateLimitLayerBuilder<K, St, C, ErrorRejection> {
+        RateLimitLayerBuilder {
+            policies: self.policies,
+            key: self.key,
+            store: self.store,
+            cost: self.cost,
+            on_limit: self.on_limit,
+            headers: self.headers,
+            reject_missing_key: self.reject_missing_key,
+            failure: self.failure,
+            _mode: std::marker::PhantomData,
+        }
+    }
+
+    /// Sets what happens over the limit (default [`OnLimit::Reject`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_ratelimit::{OnLimit, Policy, Quota, RateLimitLayer};
+    ///
+    /// // Pace calls to a third-party API instead of failing them.
+    /// let layer = RateLimitLayer::builder()
+    ///     .policy(Policy::new("upstream", Quota::per_second(5)))
+    ///     .on_limit(OnLimit::Wait { max: Duration::from_secs(10) })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn on_limit(mut self, on_limit: OnLimit) -> Self {
+        self.on_limit = on_limit;
+        self
+    }
+
+    /// Sets which rate-limit headers responses carry (default
+    /// [`HeaderStyle::Ietf`]).
+    ///
+    /// ```
+    /// use tower_ratelimit::{HeaderStyle, Policy, Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .policy(Policy::new("burst", Quota::per_second(5)))
+    ///     .headers(HeaderStyle::Legacy)
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn headers(mut self, style: HeaderStyle) -> Self {
+        self.headers = style;
+        self
+    }
+
+    /// Rejects requests the key extractor finds no key for (as limited,
+    /// with no retry time), instead of letting them through uncounted.
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, Quota, RateLimitLayer, key::Header};
+    ///
+    /// // No API key, no service.
+    /// let layer = RateLimitLayer::builder()
+    ///     .policy(Policy::new("per-key", Quota::per_second(5)))
+    ///     .key(Header(http::HeaderName::from_static("x-api-key")))
+    ///     .reject_missing_key()
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn reject_missing_key(mut self) -> Self {
+        self.reject_missing_key = true;
+        self
+    }
+
+    /// Sets what happens when the store fails (default
+    /// [`FailurePolicy::FailOpen`]).
+    ///
+    /// ```
+    /// use tower_ratelimit::{FailurePolicy, Policy, Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .policy(Policy::new("burst", Quota::per_second(5)))
+    ///     .on_store_failure(FailurePolicy::FailClosed)
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn on_store_failure(mut self, failure: FailurePolicy) -> Self {
+        self.failure = failure;
+        self
+    }
+
+    /// Checks the configuration and makes the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field: no policies, two policies with one
+    /// name, a zero limit, period or burst, a burst on a window algorithm,
+    /// numbers too large to count exactly.
+    pub fn build(self) -> Result<RateLimitLayer<K, St, C, M>, ConfigError> {
+        let policies = PolicySet::new(self.policies)?;
+        let config = Arc::new(ResponseConfig::new(self.headers, &policies));
+        Ok(RateLimitLayer {
+            shared: Arc::new(Shared {
+                key: self.key,
+                store: self.store,
+                cost: self.cost,
+                policies,
+                on_limit: self.on_limit,
+                reject_missing_key: self.reject_missing_key,
+                failure: self.failure,
+                config,
+            }),
+            _mode: std::marker::PhantomData,
+        })
+    }
+}

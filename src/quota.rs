@@ -1,0 +1,436 @@
+//! How much ([`Quota`]), how it is counted ([`Algorithm`]), and under what
+//! name ([`Policy`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::duration_micros;
+use crate::error::ConfigError;
+
+/// The largest integer every number in a decision must stay below, so the
+/// Redis scripts (whose numbers are doubles) compute exactly what Rust does.
+pub(crate) const MAX_EXACT: u64 = 1 << 53;
+
+/// How much may be done: `limit` units per `period`, and at most `burst`
+/// units at once.
+///
+/// `limit` and `period` give the rate; `burst` is the most that can be spent
+/// back to back after a quiet spell. It defaults to `limit`, so
+/// `Quota::per_second(10)` admits 10 requests at once and then one every
+/// 100 ms. With `.burst(1)` the same rate admits one request every 100 ms and
+/// never two closer together; with `.burst(50)` a client that has been idle
+/// for 5 s may send 50 at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_ratelimit::Quota;
+///
+/// let q = Quota::per_minute(60).burst(5);
+/// assert_eq!(q.limit(), 60);
+/// assert_eq!(q.period(), Duration::from_secs(60));
+/// assert_eq!(q.burst_size(), 5);
+/// assert_eq!(Quota::per_second(10).burst_size(), 10);
+/// ```
+///
+/// Constructors never fail; the layer's builder checks the numbers (zero
+/// limit, zero period, zero burst, numbers too large to count exactly) and
+/// returns a [`ConfigError`] naming the field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota {
+    limit: u64,
+    period: Duration,
+    burst: Option<u64>,
+}
+
+impl Quota {
+    /// `limit` units per `period`.
+    #[must_use]
+    pub const fn new(limit: u64, period: Duration) -> Self {
+        Self {
+            limit,
+            period,
+            burst: None,
+        }
+    }
+
+    /// `limit` units per second.
+    #[must_use]
+    pub const fn per_second(limit: u64) -> Self {
+        Self::new(limit, Duration::from_secs(1))
+    }
+
+    /// `limit` units per minute.
+    #[must_use]
+    pub const fn per_minute(limit: u64) -> Self {
+        Self::new(limit, Duration::from_secs(60))
+    }
+
+    /// `limit` units per hour.
+    #[must_use]
+    pub const fn per_hour(limit: u64) -> Self {
+        Self::new(limit, Duration::from_secs(3600))
+    }
+
+    /// `limit` units per day.
+    #[must_use]
+    pub const fn per_day(limit: u64) -> Self {
+        Self::new(limit, Duration::from_secs(86_400))
+    }
+
+    /// The most units that can be spent at once (default: `limit`).
+    ///
+    /// For [`Algorithm::TokenBucket`] it is the bucket's capacity, for
+    /// [`Algorithm::LeakyBucket`] the number of requests the bucket holds.
+    /// Window algorithms count exactly `limit` per window and have no burst;
+    /// setting one for them is a configuration error.
+    #[must_use]
+    pub const fn burst(mut self, burst: u64) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// Units per period.
+    #[must_use]
+    pub const fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// The period.
+    #[must_use]
+    pub const fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// The burst size: the one set, or `limit`.
+    #[must_use]
+    pub const fn burst_size(&self) -> u64 {
+        match self.burst {
+            Some(b) => b,
+            None => self.limit,
+        }
+    }
+}
+
+/// How a policy counts. See the crate docs for a table of what each admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// Generic cell rate algorithm (the default): a bucket of `burst` units
+    /// that refills continuously at `limit / period`. A request of cost `c`
+    /// is admitted when `c` units are in the bucket.
+    ///
+    /// `Quota::per_second(10)` admits 10 at once, then one more every
+    /// 100 ms; over any span `t` it admits at most `burst + limit·t/period`.
+    #[default]
+    Gcra,
+    /// A token bucket refilled in steps: `limit` tokens are added every
+    /// `period`, up to `burst` (the capacity). The refill clock starts when
+    /// a full bucket is first drawn from.
+    ///
+    /// `Quota::per_minute(100)` admits 100 at once, then nothing until the
+    /// minute since the first draw is over, then 100 more.
+    TokenBucket,
+    /// A token bucket refilled continuously (a "greedy" refill: one token
+    /// every `period / limit`). It admits exactly what [`Algorithm::Gcra`]
+    /// admits; GCRA is the same bucket stored as one timestamp.
+    GreedyTokenBucket,
+    /// A bucket of `burst` requests draining one every `period / limit`.
+    ///
+    /// With [`OnLimit::Reject`](crate::OnLimit::Reject) it admits what GCRA
+    /// admits. With [`OnLimit::Wait`](crate::OnLimit::Wait) it shapes: every
+    /// request waits until the requests ahead of it have drained, so a burst
+    /// leaves evenly spaced; a request finding `burst` requests queued ahead
+    /// is rejected.
+    LeakyBucket,
+    /// At most `limit` per window, windows aligned to multiples of `period`
+    /// on the clock. Cheap, but a client can spend `limit` at the end of one
+    /// window and `limit` at the start of the next: up to `2·limit` within
+    /// one period around a window edge.
+    FixedWindow,
+    /// Exact: at most `limit` in any span of one `period`, by keeping a log
+    /// of admitted requests (memory grows with `limit`).
+    SlidingWindowLog,
+    /// The two-window approximation of a sliding window: the previous
+    /// window's count weighted by how much of it still overlaps the sliding
+    /// window, plus the current window's count, must stay within `limit`.
+    /// Constant memory; never admits more than the fixed window would.
+    SlidingWindowCounter,
+}
+
+impl Algorithm {
+    /// The name used in docs, errors and Redis script names.
+    #[must_use]
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            Algorithm::Gcra => "gcra",
+            Algorithm::TokenBucket => "token_bucket",
+            Algorithm::GreedyTokenBucket => "greedy_token_bucket",
+            Algorithm::LeakyBucket => "leaky_bucket",
+            Algorithm::FixedWindow => "fixed_window",
+            Algorithm::SlidingWindowLog => "sliding_window_log",
+            Algorithm::SlidingWindowCounter => "sliding_window_counter",
+        }
+    }
+
+    const fn has_burst(&self) -> bool {
+        matches!(
+            self,
+            Algorithm::Gcra
+                | Algorithm::TokenBucket
+                | Algorithm::GreedyTokenBucket
+                | Algorithm::LeakyBucket
+        )
+    }
+}
+
+/// A named quota counted by an algorithm.
+///
+/// The name identifies the policy's state in the store (together with the
+/// request's key) and is what the `RateLimit-Policy` header shows. It may
+/// use ASCII letters, digits, `-`, `_` and `.`.
+///
+/// ```
+/// use tower_ratelimit::{Algorithm, Policy, Quota};
+///
+/// let burst = Policy::new("burst", Quota::per_second(10));
+/// let daily = Policy::new("daily", Quota::per_day(10_000)).algorithm(Algorithm::FixedWindow);
+/// assert_eq!(daily.name(), "daily");
+/// assert_eq!(burst.get_algorithm(), Algorithm::Gcra);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Policy {
+    name: Arc<str>,
+    quota: Quota,
+    algorithm: Algorithm,
+}
+
+impl Policy {
+    /// A policy counting `quota` with [`Algorithm::Gcra`].
+    #[must_use]
+    pub fn new(name: impl Into<String>, quota: Quota) -> Self {
+        Self {
+            name: Arc::from(name.into()),
+            quota,
+            algorithm: Algorithm::Gcra,
+        }
+    }
+
+    /// Counts with `algorithm` instead.
+    #[must_use]
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// The name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The quota.
+    #[must_use]
+    pub fn quota(&self) -> Quota {
+        self.quota
+    }
+
+    /// The algorithm.
+    #[must_use]
+    pub fn get_algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    pub(crate) fn shared_name(&self) -> &Arc<str> {
+        &self.name
+    }
+}
+
+/// A policy's numbers, checked and reduced to integers the algorithms use.
+#[derive(Debug, Clone)]
+pub(crate) struct Params {
+    pub(crate) algorithm: Algorithm,
+    /// Units per period.
+    pub(crate) limit: u64,
+    /// The period in µs.
+    pub(crate) period: u64,
+    /// The burst (capacity) in units.
+    pub(crate) burst: u64,
+    /// Bucket algorithms count in ticks: one unit is `unit` ticks and the
+    /// bucket drains `drain` ticks per µs. `unit / drain = period / limit`
+    /// exactly, reduced by their common divisor so the numbers stay small.
+    pub(crate) unit: u64,
+    pub(crate) drain: u64,
+}
+
+impl Params {
+    fn new(policy: &Policy) -> Result<Self, ConfigError> {
+        let q = policy.quota;
+        let algorithm = policy.algorithm;
+        let err = |field, msg: String| ConfigError::new(field, msg).in_policy(&policy.name);
+        if q.limit == 0 {
+            return Err(err("limit", "must be at least 1".into()));
+        }
+        let period = duration_micros(q.period);
+        if period == 0 {
+            return Err(err(
+                "period",
+                format!("must be at least 1µs (got {:?})", q.period),
+            ));
+        }
+        if let Some(b) = q.burst {
+            if !algorithm.has_burst() {
+                return Err(err(
+                    "burst",
+                    format!(
+                        "does not apply to {}: window algorithms admit exactly `limit` per window",
+                        algorithm.as_str()
+                    ),
+                ));
+            }
+            if b == 0 {
+                return Err(err("burst", "must be at least 1".into()));
+            }
+        }
+        let burst = q.burst_size();
+        if period >= MAX_EXACT {
+            return Err(err(
+                "period",
+                format!("is too long to count ({:?})", q.period),
+            ));
+        }
+        if q.limit >= MAX_EXACT || burst >= MAX_EXACT {
+            return Err(err("limit", "is too large to count exactly".into()));
+        }
+        let g = gcd(period, q.limit);
+        let (unit, drain) = (period / g, q.limit / g);
+        if algorithm.has_burst() && burst.checked_mul(unit).is_none_or(|c| c >= MAX_EXACT) {
+            return Err(err(
+                "burst",
+                format!(
+                    "overflows: burst × period / gcd(period, limit) = {burst} × {unit} must stay below 2^53; \
+                     choose a limit that divides the period in µs more evenly, or a smaller burst"
+                ),
+            ));
+        }
+        if algorithm == Algorithm::SlidingWindowCounter && q.limit > (1 << 32) {
+            return Err(err(
+                "limit",
+                "overflows: a sliding window counter counts at most 2^32 per window".into(),
+            ));
+        }
+        Ok(Self {
+            algorithm,
+            limit: q.limit,
+            period,
+            burst,
+            unit,
+            drain,
+        })
+    }
+
+    /// Bucket capacity in ticks.
+    pub(crate) fn capacity(&self) -> u64 {
+        self.burst * self.unit
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// A checked, non-empty list of policies with distinct names: what a layer
+/// and a store work with.
+///
+/// ```
+/// use tower_ratelimit::{Policy, PolicySet, Quota};
+///
+/// let set = PolicySet::new(vec![
+///     Policy::new("burst", Quota::per_second(10)),
+///     Policy::new("hourly", Quota::per_hour(1000)),
+/// ])
+/// .unwrap();
+/// assert_eq!(set.len(), 2);
+///
+/// let dup = PolicySet::new(vec![
+///     Policy::new("a", Quota::per_second(1)),
+///     Policy::new("a", Quota::per_second(2)),
+/// ]);
+/// assert_eq!(dup.unwrap_err().field(), "policies");
+/// ```
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    policies: Arc<[Policy]>,
+    params: Arc<[Params]>,
+}
+
+impl PolicySet {
+    /// Checks every policy and the list as a whole.
+    pub fn new(policies: Vec<Policy>) -> Result<Self, ConfigError> {
+        if policies.is_empty() {
+            return Err(ConfigError::new(
+                "policies",
+                "is empty: add at least one policy with `.policy(..)`",
+            ));
+        }
+        let mut params = Vec::with_capacity(policies.len());
+        for (i, p) in policies.iter().enumerate() {
+            check_name(&p.name)?;
+            if policies[..i].iter().any(|q| q.name == p.name) {
+                return Err(ConfigError::new(
+                    "policies",
+                    format!(
+                        "has two policies named {:?}: names must be distinct",
+                        &*p.name
+                    ),
+                ));
+            }
+            params.push(Params::new(p)?);
+        }
+        Ok(Self {
+            policies: policies.into(),
+            params: params.into(),
+        })
+    }
+
+    /// The policies, in the order they were given.
+    #[must_use]
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    /// How many policies.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Always `false`: a set has at least one policy.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub(crate) fn params(&self) -> &[Params] {
+        &self.params
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ConfigError> {
+    let bad = |msg: &str| Err(ConfigError::new("name", format!("{name:?} {msg}")));
+    if name.is_empty() {
+        return bad("is empty: a policy needs a name");
+    }
+    if name.len() > 64 {
+        return bad("is longer than 64 bytes");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return bad("may only use ASCII letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}

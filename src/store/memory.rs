@@ -1,0 +1,311 @@
+use std::collections::HashMap;
+use std::future::{Ready, ready};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use super::{Check, Store};
+use crate::algorithm::{self, State};
+use crate::clock::{Clock, SystemClock};
+use crate::decision::Decision;
+use crate::error::{ConfigError, StoreError};
+use crate::key::Key;
+use crate::quota::PolicySet;
+
+/// The default cap on keys held at once.
+const DEFAULT_MAX_KEYS: usize = 1_000_000;
+/// A shard is swept for full state when it grows past this many keys and
+/// then each time it doubles.
+const MIN_SWEEP: usize = 1024;
+
+/// State in this process's memory: one machine, no setup.
+///
+/// Keys are spread over shards, each behind its own lock, so requests for
+/// different keys rarely contend. A request for one key is decided against
+/// all of its policies under one lock.
+///
+/// Memory is bounded. State that is back to full is forgotten (a swept
+/// shard drops every key whose state has refilled), and the number of keys
+/// is capped (default 1,000,000): when a shard reaches its share of the cap
+/// and sweeping frees less than an eighth of it, the eighth of its keys
+/// closest to refilling are forgotten. A forgotten key starts full again, so
+/// under a flood of distinct keys the keys evicted are those that had spent
+/// the least.
+///
+/// Clones share one store. Policies are identified by name: two layers
+/// sharing a store and naming the same policy share its state per key.
+///
+/// ```
+/// use tower_ratelimit::{MemoryStore, clock::FakeClock};
+///
+/// let store = MemoryStore::new();
+/// let for_tests = MemoryStore::builder().clock(FakeClock::new()).max_keys(10_000).build().unwrap();
+/// # let _ = (store, for_tests);
+/// ```
+pub struct MemoryStore<C = SystemClock> {
+    inner: Arc<Inner<C>>,
+}
+
+struct Inner<C> {
+    clock: C,
+    hasher: RandomState,
+    shards: Box<[Mutex<Shard>]>,
+    shard_cap: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<Key, Entry>,
+    sweep_at: usize,
+}
+
+/// The states of one key, one per policy name.
+struct Entry {
+    names: Vec<Arc<str>>,
+    states: Vec<Option<State>>,
+    full_at: u64,
+}
+
+impl<C> Clone for MemoryStore<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<C> std::fmt::Debug for MemoryStore<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.inner.shards.len())
+            .field(
+                "max_keys",
+                &(self.inner.shard_cap * self.inner.shards.len()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// A store on the system clock holding at most 1,000,000 keys.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::with(SystemClock, DEFAULT_MAX_KEYS, default_shards())
+    }
+
+    /// Configures a store: clock, key cap, shard count.
+    #[must_use]
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder {
+            clock: SystemClock,
+            max_keys: DEFAULT_MAX_KEYS,
+            shards: None,
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn default_shards() -> usize {
+    let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+    (cores * 4).next_power_of_two().clamp(4, 64)
+}
+
+/// Builds a [`MemoryStore`]. See [`MemoryStore::builder`].
+#[derive(Debug)]
+pub struct MemoryStoreBuilder<C = SystemClock> {
+    clock: C,
+    max_keys: usize,
+    shards: Option<usize>,
+}
+
+impl<C: Clock> MemoryStoreBuilder<C> {
+    /// Uses `clock` for time (a [`FakeClock`](crate::clock::FakeClock) in
+    /// tests).
+    #[must_use]
+    pub fn clock<C2: Clock>(self, clock: C2) -> MemoryStoreBuilder<C2> {
+        MemoryStoreBuilder {
+            clock,
+            max_keys: self.max_keys,
+            shards: self.shards,
+        }
+    }
+
+    /// Holds at most `max_keys` keys (default 1,000,000).
+    #[must_use]
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Spreads keys over `shards` locks (default: four per core, rounded up
+    /// to a power of two, between 4 and 64).
+    #[must_use]
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// The store, or an error naming a bad setting.
+    pub fn build(self) -> Result<MemoryStore<C>, ConfigError> {
+        let shards = self.shards.unwrap_or_else(default_shards);
+        if shards == 0 {
+            return Err(ConfigError::new("shards", "must be at least 1"));
+        }
+        if self.max_keys < shards {
+            return Err(ConfigError::new(
+                "max_keys",
+                format!("must be at least the number of shards ({shards})"),
+            ));
+        }
+        Ok(MemoryStore::with(self.clock, self.max_keys, shards))
+    }
+}
+
+impl<C: Clock> MemoryStore<C> {
+    fn with(clock: C, max_keys: usize, shards: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                clock,
+                hasher: RandomState::new(),
+                shards: (0..shards).map(|_| Mutex::default()).collect(),
+                shard_cap: max_keys / shards,
+            }),
+        }
+    }
+
+    /// The number of keys held now (state not yet forgotten).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.inner.shards.iter().map(|s| lock(s).map.len()).sum()
+    }
+
+    /// Whether no key is held.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decides `check` now, synchronously.
+    pub fn decide_now(&self, check: Check<'_>) -> Decision {
+        let inner = &*self.inner;
+        let now = check
+            .get_at_micros()
+            .unwrap_or_else(|| inner.clock.now_micros());
+        let set = check.policies();
+        // The shard index from the top bits; the map hashes again on its own.
+        let hash = inner.hasher.hash_one(check.key());
+        let index = (hash % inner.shards.len() as u64) as usize;
+        let mut shard = lock(&inner.shards[index]);
+
+        if let Some(entry) = shard.map.get_mut(check.key()) {
+            return entry.decide(set, now, check);
+        }
+        let mut entry = Entry::new(set);
+        let decision = entry.decide(set, now, check);
+        if decision.is_allowed() && check.cost() > 0 {
+            shard.make_room(now, inner.shard_cap);
+            shard.map.insert(check.key().clone(), entry);
+        }
+        decision
+    }
+}
+
+impl<C: Clock> Store for MemoryStore<C> {
+    type Future = Ready<Result<Decision, StoreError>>;
+
+    fn decide(&self, check: Check<'_>) -> Self::Future {
+        ready(Ok(self.decide_now(check)))
+    }
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // A panic while holding the lock cannot leave a shard half-written in a
+    // way that matters: every state is replaced whole.
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shard {
+    /// Makes room for one more key within `cap`.
+    fn make_room(&mut self, now: u64, cap: usize) {
+        let len = self.map.len();
+        if len < cap && len < self.sweep_at.max(MIN_SWEEP) {
+            return;
+        }
+        self.map.retain(|_, e| e.full_at > now);
+        if self.map.len() + cap / 8 > cap {
+            // Forget the eighth closest to refilling.
+            let mut times: Vec<u64> = self.map.values().map(|e| e.full_at).collect();
+            let nth = (cap / 8).max(1).min(times.len() - 1);
+            let (_, &mut cutoff, _) = times.select_nth_unstable(nth);
+            let mut budget = nth + 1;
+            self.map.retain(|_, e| {
+                if e.full_at <= cutoff && budget > 0 {
+                    budget -= 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.sweep_at = self.map.len() * 2;
+    }
+}
+
+impl Entry {
+    fn new(set: &PolicySet) -> Self {
+        Self {
+            names: set
+                .policies()
+                .iter()
+                .map(|p| Arc::clone(p.shared_name()))
+                .collect(),
+            states: vec![None; set.len()],
+            full_at: 0,
+        }
+    }
+
+    fn decide(&mut self, set: &PolicySet, now: u64, check: Check<'_>) -> Decision {
+        let max_wait = check.get_max_wait();
+        let cost = check.cost();
+        let same = self.names.len() == set.len()
+            && self
+                .names
+                .iter()
+                .zip(set.policies())
+                .all(|(a, p)| Arc::ptr_eq(a, p.shared_name()) || **a == *p.name());
+        let (decision, full_at) = if same {
+            let decision = algorithm::decide(set, &mut self.states, now, cost, max_wait);
+            (decision, algorithm::full_at(set, &self.states))
+        } else {
+            // Another policy set shares this key: gather its states by name.
+            let mut states: Vec<Option<State>> = set
+                .policies()
+                .iter()
+                .map(|p| {
+                    self.names
+                        .iter()
+                        .position(|n| **n == *p.name())
+                        .and_then(|i| self.states[i].take())
+                })
+                .collect();
+            let decision = algorithm::decide(set, &mut states, now, cost, max_wait);
+            let full_at = algorithm::full_at(set, &states);
+            for (p, state) in set.policies().iter().zip(states) {
+                match self.names.iter().position(|n| **n == *p.name()) {
+                    Some(i) => self.states[i] = state,
+                    None => {
+                        self.names.push(Arc::clone(p.shared_name()));
+                        self.states.push(state);
+                    }
+                }
+            }
+            (decision, full_at)
+        };
+        self.full_at = self.full_at.max(full_at);
+        decision
+    }
+}
