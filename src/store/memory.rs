@@ -1,7 +1,8 @@
-use std::collections::HashMap;
 use std::future::{Ready, ready};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use hashbrown::HashTable;
 
 use super::{Check, Store};
 use crate::algorithm::{self, State};
@@ -54,8 +55,15 @@ struct Inner<C> {
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<Key, Entry>,
+    // Hashed once per request: the same hash picks the shard and the slot.
+    table: HashTable<Slot>,
     sweep_at: usize,
+}
+
+struct Slot {
+    hash: u64,
+    key: Key,
+    entry: Entry,
 }
 
 /// The states of one key, one per policy name.
@@ -180,7 +188,7 @@ impl<C: Clock> MemoryStore<C> {
     /// The number of keys held now (state not yet forgotten).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.inner.shards.iter().map(|s| lock(s).map.len()).sum()
+        self.inner.shards.iter().map(|s| lock(s).table.len()).sum()
     }
 
     /// Whether no key is held.
@@ -196,19 +204,25 @@ impl<C: Clock> MemoryStore<C> {
             .get_at_micros()
             .unwrap_or_else(|| inner.clock.now_micros());
         let set = check.policies();
-        // The shard index from the top bits; the map hashes again on its own.
-        let hash = inner.hasher.hash_one(check.key());
-        let index = (hash % inner.shards.len() as u64) as usize;
+        let key = check.key();
+        let hash = inner.hasher.hash_one(key);
+        // The table uses the low bits and the top seven; the shard the middle.
+        let index = ((hash >> 32) % inner.shards.len() as u64) as usize;
         let mut shard = lock(&inner.shards[index]);
 
-        if let Some(entry) = shard.map.get_mut(check.key()) {
-            return entry.decide(set, now, check);
+        if let Some(slot) = shard.table.find_mut(hash, |s| s.key == *key) {
+            return slot.entry.decide(set, now, check);
         }
         let mut entry = Entry::new(set);
         let decision = entry.decide(set, now, check);
         if decision.is_allowed() && check.cost() > 0 {
             shard.make_room(now, inner.shard_cap);
-            shard.map.insert(check.key().clone(), entry);
+            let slot = Slot {
+                hash,
+                key: key.clone(),
+                entry,
+            };
+            shard.table.insert_unique(hash, slot, |s| s.hash);
         }
         decision
     }
@@ -231,19 +245,20 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 impl Shard {
     /// Makes room for one more key within `cap`.
     fn make_room(&mut self, now: u64, cap: usize) {
-        let len = self.map.len();
+        let len = self.table.len();
         if len < cap && len < self.sweep_at.max(MIN_SWEEP) {
             return;
         }
-        self.map.retain(|_, e| e.full_at > now);
-        if self.map.len() + cap / 8 > cap {
+        self.table.retain(|s| s.entry.full_at > now);
+        let evict = (cap / 8).max(1);
+        if self.table.len() + evict > cap {
             // Forget the eighth closest to refilling.
-            let mut times: Vec<u64> = self.map.values().map(|e| e.full_at).collect();
-            let nth = (cap / 8).max(1).min(times.len() - 1);
-            let (_, &mut cutoff, _) = times.select_nth_unstable(nth);
-            let mut budget = nth + 1;
-            self.map.retain(|_, e| {
-                if e.full_at <= cutoff && budget > 0 {
+            let mut times: Vec<u64> = self.table.iter().map(|s| s.entry.full_at).collect();
+            let evict = evict.min(times.len());
+            let (_, &mut cutoff, _) = times.select_nth_unstable(evict - 1);
+            let mut budget = evict;
+            self.table.retain(|s| {
+                if s.entry.full_at <= cutoff && budget > 0 {
                     budget -= 1;
                     false
                 } else {
@@ -251,7 +266,7 @@ impl Shard {
                 }
             });
         }
-        self.sweep_at = self.map.len() * 2;
+        self.sweep_at = self.table.len() * 2;
     }
 }
 
