@@ -85,18 +85,20 @@ impl ResponseConfig {
                 if let Some(v) = &self.policy_header {
                     headers.insert(RATELIMIT_POLICY.clone(), v.clone());
                 }
-                let mut value = String::with_capacity(32 * policies.len());
+                // Hand-built: this runs on every response.
+                let mut value = Vec::with_capacity(32 * policies.len());
                 for (i, p) in policies.iter().enumerate() {
-                    let sep = if i == 0 { "" } else { ", " };
-                    let _ = write!(
-                        value,
-                        "{sep}\"{}\";r={};t={}",
-                        p.name(),
-                        p.remaining(),
-                        whole_seconds(p.reset_after())
-                    );
+                    if i > 0 {
+                        value.extend_from_slice(b", ");
+                    }
+                    value.push(b'"');
+                    value.extend_from_slice(p.name().as_bytes());
+                    value.extend_from_slice(b"\";r=");
+                    push_u64(&mut value, p.remaining());
+                    value.extend_from_slice(b";t=");
+                    push_u64(&mut value, whole_seconds(p.reset_after()));
                 }
-                if let Ok(v) = HeaderValue::try_from(value) {
+                if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
                     headers.insert(RATELIMIT.clone(), v);
                 }
             }
@@ -111,6 +113,20 @@ impl ResponseConfig {
             HeaderStyle::None => {}
         }
     }
+}
+
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0_u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// A duration in whole seconds, rounded up: never 0 for a positive
