@@ -45,15 +45,20 @@ impl Level {
         let t0 = now.max(self.last);
         let level = self.level_at(p, t0);
         if shaping {
-            // Requests leave one after another at the drain rate; the bucket
-            // holds `burst` units of requests waiting to leave.
-            let ahead = level + (t0 - now) * p.drain;
-            if ahead + need > capacity {
+            // Requests leave one after another, each once those ahead have
+            // drained. Slots are whole µs, so one unit occupies
+            // ⌈period/limit⌉ µs of the queue; the bucket holds `burst` units,
+            // so the wait may be at most what `burst - cost` units take.
+            // (Measuring the queue in ticks instead would count each queued
+            // slot's rounding and hold one unit fewer than `burst`.)
+            let slot = t0 + level.div_ceil(p.drain);
+            let room = (p.burst - cost) * p.unit.div_ceil(p.drain);
+            if slot - now > room {
                 return Slot::QueueFull {
-                    retry_at: now + (ahead + need - capacity).div_ceil(p.drain),
+                    retry_at: slot - room,
                 };
             }
-            return Slot::At(t0 + level.div_ceil(p.drain));
+            return Slot::At(slot);
         }
         match (level + need).checked_sub(capacity) {
             None | Some(0) => Slot::At(t0),

@@ -155,7 +155,6 @@ pub fn decide(
         "one state slot per policy in the set"
     );
     let shaping = max_wait.is_some();
-    let max_wait = max_wait.map_or(0, crate::clock::duration_micros);
 
     let mut slots = Vec::with_capacity(params.len());
     for (p, state) in params.iter().zip(states.iter()) {
@@ -170,10 +169,33 @@ pub fn decide(
         slots.push(slot);
     }
 
-    // The slot for all policies is the latest of theirs.
+    if let (true, Some(t)) = combine(&slots, now, max_wait) {
+        if cost > 0 {
+            for (p, state) in params.iter().zip(states.iter_mut()) {
+                state
+                    .get_or_insert_with(|| State::fresh(p, now))
+                    .commit(p, t, cost);
+            }
+        }
+    }
+    let after: Vec<(u64, u64)> = params
+        .iter()
+        .zip(states.iter())
+        .map(|(p, state)| match state {
+            Some(s) => (s.remaining(p, now), s.full_at(p)),
+            None => (p.burst, now),
+        })
+        .collect();
+    assemble(set, now, max_wait, &slots, &after)
+}
+
+/// Whether the request is admitted, and the slot it gets: the latest of
+/// the policies' slots, `None` if one never admits it.
+fn combine(slots: &[Slot], now: u64, max_wait: Option<Duration>) -> (bool, Option<u64>) {
+    let max_wait = max_wait.map_or(0, crate::clock::duration_micros);
     let mut at = Some(now);
     let mut queue_full = false;
-    for slot in &slots {
+    for slot in slots {
         at = match (*slot, at) {
             (Slot::At(t), Some(a)) => Some(a.max(t)),
             (Slot::QueueFull { retry_at }, Some(a)) => {
@@ -184,29 +206,29 @@ pub fn decide(
         };
     }
     let allowed = matches!(at, Some(t) if !queue_full && t - now <= max_wait);
+    (allowed, at)
+}
 
-    if allowed && cost > 0 {
-        let t = at.unwrap_or(now);
-        for (p, state) in params.iter().zip(states.iter_mut()) {
-            state
-                .get_or_insert_with(|| State::fresh(p, now))
-                .commit(p, t, cost);
-        }
-    }
-
-    let policies: Arc<[PolicyDecision]> = params
+/// The [`Decision`] for a request given each policy's slot and, after any
+/// commit, each policy's `(remaining, full_at)`. Shared by every store, so
+/// the same inputs give the same decision field for field.
+pub(crate) fn assemble(
+    set: &PolicySet,
+    now: u64,
+    max_wait: Option<Duration>,
+    slots: &[Slot],
+    after: &[(u64, u64)],
+) -> Decision {
+    let (allowed, at) = combine(slots, now, max_wait);
+    let policies: Arc<[PolicyDecision]> = set
+        .params()
         .iter()
-        .zip(states.iter())
-        .zip(&slots)
         .zip(set.policies())
-        .map(|(((p, state), slot), policy)| {
-            let (remaining, full_at) = match state {
-                Some(s) => (s.remaining(p, now), s.full_at(p)),
-                None => (p.burst, now),
-            };
+        .zip(slots.iter().zip(after))
+        .map(|((p, policy), (slot, &(remaining, full_at)))| {
             let retry_after = match *slot {
-                Slot::At(t) => Some(t - now),
-                Slot::QueueFull { retry_at } => Some(retry_at - now),
+                Slot::At(t) => Some(t.saturating_sub(now)),
+                Slot::QueueFull { retry_at } => Some(retry_at.saturating_sub(now)),
                 Slot::Never => None,
             };
             PolicyDecision {
@@ -220,24 +242,13 @@ pub fn decide(
             }
         })
         .collect();
-
-    let wait = if allowed {
-        at.map_or(0, |t| t - now)
+    let gap = at.map(|t| Duration::from_micros(t - now));
+    let (wait, retry_after) = if allowed {
+        (gap.unwrap_or_default(), None)
     } else {
-        0
+        (Duration::ZERO, gap)
     };
-    let retry_after = if allowed {
-        None
-    } else {
-        at.map(|t| Duration::from_micros(t - now))
-    };
-    Decision::new(
-        allowed,
-        now,
-        Duration::from_micros(wait),
-        retry_after,
-        policies,
-    )
+    Decision::new(allowed, now, wait, retry_after, policies)
 }
 
 /// When every state in `states` is back to full, in µs: the time after

@@ -1,0 +1,2 @@
+-- The token bucket with continuous ("greedy") refill is GCRA's bucket.
+ALG[3] = LEVEL

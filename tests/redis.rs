@@ -1,0 +1,540 @@
+//! `RedisStore` against a real `redis-server` (and a real 3-master Redis
+//! Cluster), spawned on free ports by `tests/support`.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use support::RedisServer;
+use tower_ratelimit::clock::FakeClock;
+use tower_ratelimit::key::Key;
+use tower_ratelimit::store::{Check, RedisStore, Store};
+use tower_ratelimit::{Algorithm, Decision, MemoryStore, Policy, PolicySet, Quota, StoreErrorKind};
+
+const ALGORITHMS: [Algorithm; 7] = [
+    Algorithm::Gcra,
+    Algorithm::TokenBucket,
+    Algorithm::GreedyTokenBucket,
+    Algorithm::LeakyBucket,
+    Algorithm::FixedWindow,
+    Algorithm::SlidingWindowLog,
+    Algorithm::SlidingWindowCounter,
+];
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A new key for every use, so cases never see each other's state.
+fn fresh_key(tag: &str) -> Key {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    Key::from(format!("{tag}-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+async fn store(server: &RedisServer) -> RedisStore {
+    RedisStore::builder()
+        .timeout(Duration::from_secs(5))
+        .connect(&server.url())
+        .await
+        .unwrap()
+}
+
+fn policy(
+    name: &str,
+    algorithm: Algorithm,
+    limit: u64,
+    period_ms: u64,
+    burst: Option<u64>,
+) -> Policy {
+    let mut quota = Quota::new(limit, Duration::from_millis(period_ms));
+    let windowed = matches!(
+        algorithm,
+        Algorithm::FixedWindow | Algorithm::SlidingWindowLog | Algorithm::SlidingWindowCounter
+    );
+    if let (Some(b), false) = (burst, windowed) {
+        quota = quota.burst(b);
+    }
+    Policy::new(name, quota).algorithm(algorithm)
+}
+
+/// One step of a timeline: advance, then ask.
+#[derive(Debug, Clone)]
+struct Step {
+    advance_us: u64,
+    cost: u64,
+    wait: bool,
+}
+
+fn steps() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        (
+            prop_oneof![Just(0_u64), 0..2_000_u64, 0..400_000_u64, 0..3_000_000_u64],
+            prop_oneof![Just(1_u64), 0..6_u64],
+            prop::bool::weighted(0.3),
+        )
+            .prop_map(|(advance_us, cost, wait)| Step {
+                advance_us,
+                cost,
+                wait,
+            }),
+        1..40,
+    )
+}
+
+fn policies() -> impl Strategy<Value = PolicySet> {
+    let one = |name: &'static str| {
+        (
+            prop::sample::select(ALGORITHMS.to_vec()),
+            1..12_u64,
+            prop_oneof![Just(1_000_u64), 1..3_000_u64, Just(60_000_u64)],
+            prop::option::of(1..15_u64),
+        )
+            .prop_map(move |(a, limit, period, burst)| policy(name, a, limit, period, burst))
+    };
+    prop_oneof![
+        one("a").prop_map(|p| vec![p]),
+        (one("a"), one("b")).prop_map(|(a, b)| vec![a, b]),
+    ]
+    .prop_map(|v| PolicySet::new(v).unwrap())
+}
+
+/// Runs one timeline through both stores and returns the pairs of
+/// decisions that differ.
+async fn compare(
+    redis: &RedisStore,
+    set: &PolicySet,
+    steps: &[Step],
+) -> Vec<(usize, Decision, Decision)> {
+    // A realistic epoch, so windows align as they do on a real clock.
+    let start = 1_763_800_000_000_000_u64;
+    let clock = FakeClock::at_micros(start);
+    let memory = MemoryStore::builder().clock(clock.clone()).build().unwrap();
+    let key = fresh_key("parity");
+    let mut differ = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        clock.advance(Duration::from_micros(step.advance_us));
+        let at = tower_ratelimit::clock::Clock::now_micros(&clock);
+        let max_wait = step.wait.then(|| Duration::from_millis(1500));
+        let check = Check::new(&key, set, step.cost).max_wait(max_wait);
+        let m = memory.decide_now(check);
+        let r = redis.decide(check.at_micros(Some(at))).await.unwrap();
+        if m != r {
+            differ.push((i, m, r));
+        }
+    }
+    differ
+}
+
+#[test]
+fn redis_decides_exactly_like_memory_for_random_timelines() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    let redis = rt.block_on(store(&server));
+    let config = ProptestConfig {
+        cases: 96,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(set in policies(), steps in steps())| {
+        let differ = rt.block_on(compare(&redis, &set, &steps));
+        prop_assert!(differ.is_empty(), "first difference (step, memory, redis): {:#?}", differ[0]);
+    });
+}
+
+#[test]
+fn every_algorithm_over_a_long_timeline_matches_memory() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    let redis = rt.block_on(store(&server));
+    for algorithm in ALGORITHMS {
+        let set = PolicySet::new(vec![
+            policy("fast", algorithm, 7, 1_000, Some(3)),
+            policy("slow", Algorithm::SlidingWindowLog, 40, 10_000, None),
+        ])
+        .unwrap();
+        let steps: Vec<Step> = (0..600_u64)
+            .map(|i| Step {
+                advance_us: (i * 7_919) % 310_000,
+                cost: 1 + i % 3,
+                wait: i % 5 == 0,
+            })
+            .collect();
+        let differ = rt.block_on(compare(&redis, &set, &steps));
+        assert!(differ.is_empty(), "{algorithm:?}: {:#?}", differ.first());
+    }
+}
+
+#[test]
+fn a_request_rejected_by_one_policy_charges_none() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let redis = store(&server).await;
+        let set = PolicySet::new(vec![
+            Policy::new("burst", Quota::per_second(10)),
+            Policy::new("hourly", Quota::per_hour(2)).algorithm(Algorithm::FixedWindow),
+        ])
+        .unwrap();
+        let key = fresh_key("all-or-nothing");
+        for _ in 0..2 {
+            assert!(
+                redis
+                    .decide(Check::new(&key, &set, 1))
+                    .await
+                    .unwrap()
+                    .is_allowed()
+            );
+        }
+        let d = redis.decide(Check::new(&key, &set, 1)).await.unwrap();
+        assert!(!d.is_allowed());
+        assert_eq!(d.policies()[0].remaining(), 8, "burst was not charged");
+        assert_eq!(d.policies()[1].remaining(), 0);
+    });
+}
+
+#[test]
+fn keys_expire_once_state_is_full_again_even_for_long_periods() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let redis = store(&server).await;
+        for (algorithm, quota, at_least_ms) in [
+            (Algorithm::Gcra, Quota::per_second(10), 100),
+            (Algorithm::Gcra, Quota::per_day(1), 86_400_000),
+            (Algorithm::TokenBucket, Quota::per_hour(3), 3_600_000),
+            (
+                Algorithm::LeakyBucket,
+                Quota::new(1, Duration::from_secs(7 * 86_400)),
+                7 * 86_400_000,
+            ),
+            (Algorithm::FixedWindow, Quota::per_minute(5), 1),
+            (
+                Algorithm::SlidingWindowLog,
+                Quota::per_day(1_000),
+                86_400_000,
+            ),
+            (
+                Algorithm::SlidingWindowCounter,
+                Quota::per_minute(5),
+                60_000,
+            ),
+        ] {
+            let set = PolicySet::new(vec![Policy::new("p", quota).algorithm(algorithm)]).unwrap();
+            let key = fresh_key("ttl");
+            let d = redis.decide(Check::new(&key, &set, 1)).await.unwrap();
+            assert!(d.is_allowed());
+            let name = redis.redis_key(&key, "p");
+            let ttl: i64 = server
+                .command(&format!("PTTL {name}"))
+                .trim_start_matches(':')
+                .trim()
+                .parse()
+                .unwrap();
+            let full_ms = d.policies()[0].reset_after().as_millis() as i64;
+            assert!(
+                ttl >= full_ms,
+                "{algorithm:?}: ttl {ttl} ms < {full_ms} ms to full"
+            );
+            assert!(ttl >= at_least_ms.min(full_ms), "{algorithm:?}: ttl {ttl}");
+            assert!(
+                ttl <= full_ms + 1_100,
+                "{algorithm:?}: ttl {ttl} ms for {full_ms} ms"
+            );
+        }
+    });
+}
+
+#[test]
+fn noscript_after_script_flush_loads_the_script_and_decides_once() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let redis = store(&server).await;
+        let set = PolicySet::new(vec![Policy::new("p", Quota::per_minute(3))]).unwrap();
+        let key = fresh_key("noscript");
+        assert!(
+            redis
+                .decide(Check::new(&key, &set, 1))
+                .await
+                .unwrap()
+                .is_allowed()
+        );
+        assert!(server.command("SCRIPT FLUSH").starts_with("+OK"));
+        let d = redis.decide(Check::new(&key, &set, 1)).await.unwrap();
+        assert!(d.is_allowed());
+        // Counted once, not twice: one unit is left of three.
+        assert_eq!(d.policies()[0].remaining(), 1);
+    });
+}
+
+#[test]
+fn untrusted_keys_are_hashed_into_one_hash_tag() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    let redis = rt.block_on(store(&server));
+    let plain = redis.redis_key(&Key::from("alice"), "burst");
+    assert_eq!(plain, "ratelimit:{s:alice}:burst");
+    let braces = redis.redis_key(&Key::from("x}:y{z"), "burst");
+    assert!(braces.starts_with("ratelimit:{h:"), "{braces}");
+    assert_eq!(braces.matches('{').count(), 1);
+    let long = redis.redis_key(&Key::from("k".repeat(500)), "burst");
+    assert!(long.len() < 80, "{long}");
+    assert_ne!(
+        redis.redis_key(&Key::from("k".repeat(500)), "a"),
+        redis.redis_key(&Key::from("k".repeat(501)), "a")
+    );
+    let e = RedisStore::builder()
+        .prefix("bad{")
+        .build(rt.block_on(async {
+            redis::Client::open(server.url())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap()
+        }))
+        .unwrap_err();
+    assert_eq!(e.field(), "prefix");
+}
+
+#[test]
+fn a_stalled_redis_times_out_then_is_skipped_for_the_cool_down() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let redis = RedisStore::builder()
+            .timeout(Duration::from_millis(50))
+            .cool_down(3, Duration::from_secs(30))
+            .connect(&server.url())
+            .await
+            .unwrap();
+        let set = PolicySet::new(vec![Policy::new("p", Quota::per_minute(3))]).unwrap();
+        let key = fresh_key("stall");
+        assert!(redis.decide(Check::new(&key, &set, 1)).await.is_ok());
+        // Freeze the server: it accepts bytes but never answers.
+        let pid = server_pid(&server);
+        signal(pid, "STOP");
+        for _ in 0..3 {
+            let e = redis.decide(Check::new(&key, &set, 1)).await.unwrap_err();
+            assert_eq!(e.kind(), StoreErrorKind::Timeout);
+        }
+        let started = Instant::now();
+        let e = redis.decide(Check::new(&key, &set, 1)).await.unwrap_err();
+        assert_eq!(e.kind(), StoreErrorKind::Unavailable);
+        assert!(
+            started.elapsed() < Duration::from_millis(20),
+            "skipped without waiting"
+        );
+        signal(pid, "CONT");
+    });
+}
+
+fn server_pid(server: &RedisServer) -> u32 {
+    let info = server.command("INFO server");
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// Hammers one key from 4 stores × 32 tasks for `secs` of real time and
+/// returns the server times of the admitted requests, sorted.
+fn hammer(server: &RedisServer, set: &PolicySet, secs: u64) -> Vec<u64> {
+    let rt = runtime();
+    rt.block_on(async {
+        let key = fresh_key("hammer");
+        let admitted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            // Each instance has its own connection.
+            let redis = store(server).await;
+            for _ in 0..32 {
+                let (redis, set, key, admitted) = (
+                    redis.clone(),
+                    set.clone(),
+                    key.clone(),
+                    Arc::clone(&admitted),
+                );
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        let d = redis.decide(Check::new(&key, &set, 1)).await.unwrap();
+                        if d.is_allowed() {
+                            admitted.lock().unwrap().push(d.at_micros());
+                        }
+                    }
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut times = std::mem::take(&mut *admitted.lock().unwrap());
+        times.sort_unstable();
+        times
+    })
+}
+
+#[test]
+fn four_instances_share_an_exact_gcra_and_token_bucket_limit() {
+    let server = RedisServer::start();
+    for algorithm in [Algorithm::Gcra, Algorithm::TokenBucket] {
+        // 500/s with a burst of 100 (GCRA) or 500 (the token bucket, whose
+        // capacity caps each refill): the admitted count over a span is
+        // burst + rate × span, by Redis's clock.
+        let burst = if algorithm == Algorithm::Gcra {
+            100
+        } else {
+            500
+        };
+        let set = PolicySet::new(vec![
+            Policy::new("p", Quota::per_second(500).burst(burst)).algorithm(algorithm),
+        ])
+        .unwrap();
+        let times = hammer(&server, &set, 3);
+        let span = times.last().unwrap() - times.first().unwrap();
+        assert!(span >= 2_000_000, "{algorithm:?}: span {span} µs");
+        let bound = match algorithm {
+            // Continuous refill: 1 per 2 ms after the burst.
+            Algorithm::Gcra => burst + span / 2_000,
+            // 500 every whole second after the burst.
+            _ => burst + 500 * (span / 1_000_000),
+        };
+        let admitted = times.len() as u64;
+        assert!(
+            admitted <= bound,
+            "{algorithm:?}: {admitted} admitted > bound {bound}"
+        );
+        assert!(
+            admitted * 100 >= bound * 99,
+            "{algorithm:?}: {admitted} admitted, more than 1% under {bound}"
+        );
+    }
+}
+
+#[test]
+fn four_instances_never_let_a_sliding_log_window_exceed_the_limit() {
+    let server = RedisServer::start();
+    let limit = 300;
+    let period = 500_000;
+    let set = PolicySet::new(vec![
+        Policy::new("p", Quota::new(limit, Duration::from_micros(period)))
+            .algorithm(Algorithm::SlidingWindowLog),
+    ])
+    .unwrap();
+    let times = hammer(&server, &set, 3);
+    assert!(
+        times.len() as u64 >= 6 * limit * 95 / 100,
+        "{} admitted",
+        times.len()
+    );
+    // Every window (t - period, t] ending at an admission holds at most `limit`.
+    let mut lo = 0;
+    for hi in 0..times.len() {
+        while times[lo] + period <= times[hi] {
+            lo += 1;
+        }
+        assert!(
+            (hi - lo + 1) as u64 <= limit,
+            "window ending {} holds {}",
+            times[hi],
+            hi - lo + 1
+        );
+    }
+}
+
+#[cfg(feature = "redis-cluster")]
+mod cluster {
+    use super::*;
+    use support::RedisCluster;
+
+    async fn cluster_store(cluster: &RedisCluster) -> RedisStore {
+        RedisStore::builder()
+            .timeout(Duration::from_secs(5))
+            .connect_cluster(cluster.urls())
+            .await
+            .unwrap()
+    }
+
+    #[test]
+    fn on_a_cluster_redis_matches_memory_over_keys_in_every_slot_range() {
+        let cluster = RedisCluster::start();
+        let rt = runtime();
+        let redis = rt.block_on(cluster_store(&cluster));
+        let config = ProptestConfig {
+            cases: 48,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        };
+        proptest!(config, |(set in policies(), steps in steps())| {
+            let differ = rt.block_on(compare(&redis, &set, &steps));
+            prop_assert!(differ.is_empty(), "first difference: {:#?}", differ[0]);
+        });
+        // The cases' keys landed on all three masters.
+        let mut masters_with_keys = 0;
+        for node in &cluster.nodes {
+            let size = node.command("DBSIZE");
+            if size.trim_start_matches(':').trim().parse::<u64>().unwrap() > 0 {
+                masters_with_keys += 1;
+            }
+        }
+        assert_eq!(masters_with_keys, 3);
+    }
+
+    #[test]
+    fn multi_policy_checks_on_a_cluster_never_hit_crossslot() {
+        let cluster = RedisCluster::start();
+        let rt = runtime();
+        rt.block_on(async {
+            let redis = cluster_store(&cluster).await;
+            let set = PolicySet::new(vec![
+                Policy::new("burst", Quota::per_second(5)),
+                Policy::new("minute", Quota::per_minute(7)).algorithm(Algorithm::SlidingWindowLog),
+                Policy::new("hour", Quota::per_hour(9)).algorithm(Algorithm::FixedWindow),
+            ])
+            .unwrap();
+            let mut slots_seen = HashSet::new();
+            for n in 0..300_u64 {
+                let key = Key::from(n);
+                let name = redis.redis_key(&key, "burst");
+                slots_seen.insert(
+                    cluster.nodes[0]
+                        .command(&format!("CLUSTER KEYSLOT {name}"))
+                        .trim_start_matches(':')
+                        .trim()
+                        .to_owned(),
+                );
+                for i in 0..9 {
+                    let d = redis.decide(Check::new(&key, &set, 1)).await.unwrap();
+                    // 5 pass "burst" at once; "minute" and "hour" allow more.
+                    assert_eq!(d.is_allowed(), i < 5, "key {n} request {i}");
+                }
+            }
+            assert!(
+                slots_seen.len() > 250,
+                "{} distinct slots",
+                slots_seen.len()
+            );
+        });
+    }
+}
