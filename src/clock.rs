@@ -5,33 +5,42 @@
 //! [`FakeClock`] and script time exactly, or for a [`TokioClock`] and let
 //! `tokio::time::pause` drive it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A source of time in whole microseconds.
 ///
-/// Algorithms tolerate a clock that steps backwards (they treat it as no time
-/// having passed), but fixed and sliding windows align to multiples of the
-/// period on this clock, so a wall clock gives windows that start on the
-/// minute or the hour.
+/// A clock must not step backwards: the algorithms keep requests in order,
+/// so a state last touched "in the future" reads as a reservation ahead, and
+/// requests wait for it. Fixed and sliding windows align to multiples of the
+/// period on this clock, so an epoch-based clock gives windows that start on
+/// the minute or the hour.
 pub trait Clock: Send + Sync + 'static {
     /// The current time in microseconds.
     fn now_micros(&self) -> u64;
 }
 
-/// The system's wall clock: microseconds since the Unix epoch.
+/// Microseconds since the Unix epoch that never step back: the wall clock
+/// read once, then advanced by the monotonic clock.
 ///
-/// This is what Redis's `TIME` returns too, so windows line up between the
-/// in-memory and the Redis store.
+/// Windows line up with the wall clock (and with Redis's `TIME`) as they
+/// were when the process first read this clock, while an NTP step cannot
+/// move time backwards, which the algorithms would read as a reservation
+/// ahead of every key.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_micros(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        static ANCHOR: OnceLock<(u64, Instant)> = OnceLock::new();
+        let (wall, start) = ANCHOR.get_or_init(|| {
+            let wall = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, duration_micros);
+            (wall, Instant::now())
+        });
+        wall + duration_micros(start.elapsed())
     }
 }
 

@@ -111,8 +111,8 @@ impl PolicyDecision {
         &self.name
     }
 
-    /// Whether this policy alone would have admitted the request now (or, in
-    /// wait mode, at the decision's slot).
+    /// `true` when the request was admitted; for a rejected request, whether
+    /// this policy alone would have admitted it at once.
     #[must_use]
     pub fn is_allowed(&self) -> bool {
         self.allowed

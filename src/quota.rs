@@ -260,6 +260,9 @@ pub(crate) struct Params {
     /// exactly, reduced by their common divisor so the numbers stay small.
     pub(crate) unit: u64,
     pub(crate) drain: u64,
+    /// Names what the state means: algorithm, limit, period and burst.
+    /// Stable across processes, so every instance agrees on it.
+    pub(crate) fingerprint: u64,
 }
 
 impl Params {
@@ -270,13 +273,15 @@ impl Params {
         if q.limit == 0 {
             return Err(err("limit", "must be at least 1".into()));
         }
-        let period = duration_micros(q.period);
-        if period == 0 {
+        if q.period < Duration::from_micros(1) {
             return Err(err(
                 "period",
                 format!("must be at least 1µs (got {:?})", q.period),
             ));
         }
+        // Rounded up to whole µs, so the rate never rises above the quota's.
+        let period = duration_micros(q.period)
+            .saturating_add(u64::from(q.period.subsec_nanos() % 1_000 != 0));
         if let Some(b) = q.burst {
             if !algorithm.has_burst() {
                 return Err(err(
@@ -298,8 +303,17 @@ impl Params {
                 format!("is too long to count ({:?})", q.period),
             ));
         }
-        if q.limit >= MAX_EXACT || burst >= MAX_EXACT {
-            return Err(err("limit", "is too large to count exactly".into()));
+        if q.limit >= MAX_EXACT {
+            return Err(err(
+                "limit",
+                "is too large to count exactly (2^53 at most)".into(),
+            ));
+        }
+        if burst >= MAX_EXACT {
+            return Err(err(
+                "burst",
+                "is too large to count exactly (2^53 at most)".into(),
+            ));
         }
         let g = gcd(period, q.limit);
         let (unit, drain) = (period / g, q.limit / g);
@@ -318,6 +332,7 @@ impl Params {
                 "overflows: a sliding window counter counts at most 2^32 per window".into(),
             ));
         }
+        let fingerprint = fnv1a(&[algorithm as u64, q.limit, period, burst]);
         Ok(Self {
             algorithm,
             limit: q.limit,
@@ -325,6 +340,7 @@ impl Params {
             burst,
             unit,
             drain,
+            fingerprint,
         })
     }
 
@@ -332,6 +348,18 @@ impl Params {
     pub(crate) fn capacity(&self) -> u64 {
         self.burst * self.unit
     }
+}
+
+/// FNV-1a over the numbers' little-endian bytes.
+fn fnv1a(numbers: &[u64]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for n in numbers {
+        for b in n.to_le_bytes() {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {

@@ -142,3 +142,33 @@ fn builder_rejects_bad_settings() {
         .unwrap_err();
     assert_eq!(e.field(), "max_keys");
 }
+
+#[test]
+fn a_policy_of_the_same_name_with_another_configuration_has_its_own_state() {
+    let store = MemoryStore::builder()
+        .clock(FakeClock::new())
+        .build()
+        .unwrap();
+    let key = Key::from("k");
+    let gcra = PolicySet::new(vec![Policy::new("p", Quota::per_second(1))]).unwrap();
+    let window = PolicySet::new(vec![
+        Policy::new("p", Quota::per_second(5)).algorithm(Algorithm::FixedWindow),
+    ])
+    .unwrap();
+    assert!(store.decide_now(Check::new(&key, &gcra, 1)).is_allowed());
+    assert!(!store.decide_now(Check::new(&key, &gcra, 1)).is_allowed());
+    // Same name, same key, other algorithm and quota: a state of its own.
+    for _ in 0..5 {
+        assert!(store.decide_now(Check::new(&key, &window, 1)).is_allowed());
+    }
+    assert!(!store.decide_now(Check::new(&key, &window, 1)).is_allowed());
+    // And the first policy's state is still there.
+    assert!(!store.decide_now(Check::new(&key, &gcra, 1)).is_allowed());
+    // A set sharing one policy by name and configuration shares its state.
+    let both = PolicySet::new(vec![
+        Policy::new("p", Quota::per_second(1)),
+        Policy::new("q", Quota::per_second(9)),
+    ])
+    .unwrap();
+    assert!(!store.decide_now(Check::new(&key, &both, 1)).is_allowed());
+}

@@ -232,7 +232,7 @@ fn keys_expire_once_state_is_full_again_even_for_long_periods() {
             let key = fresh_key("ttl");
             let d = redis.decide(Check::new(&key, &set, 1)).await.unwrap();
             assert!(d.is_allowed());
-            let name = redis.redis_key(&key, "p");
+            let name = redis.redis_key(&key, &set, 0);
             let ttl: i64 = server
                 .command(&format!("PTTL {name}"))
                 .trim_start_matches(':')
@@ -281,17 +281,22 @@ fn untrusted_keys_are_hashed_into_one_hash_tag() {
     let server = RedisServer::start();
     let rt = runtime();
     let redis = rt.block_on(store(&server));
-    let plain = redis.redis_key(&Key::from("alice"), "burst");
-    assert_eq!(plain, "ratelimit:{s:alice}:burst");
-    let braces = redis.redis_key(&Key::from("x}:y{z"), "burst");
+    let set = PolicySet::new(vec![Policy::new("burst", Quota::per_second(5))]).unwrap();
+    let plain = redis.redis_key(&Key::from("alice"), &set, 0);
+    assert!(plain.starts_with("ratelimit:{s:alice}:burst:"), "{plain}");
+    assert_eq!(plain.len(), "ratelimit:{s:alice}:burst:".len() + 8);
+    let braces = redis.redis_key(&Key::from("x}:y{z"), &set, 0);
     assert!(braces.starts_with("ratelimit:{h:"), "{braces}");
     assert_eq!(braces.matches('{').count(), 1);
-    let long = redis.redis_key(&Key::from("k".repeat(500)), "burst");
-    assert!(long.len() < 80, "{long}");
+    let long = redis.redis_key(&Key::from("k".repeat(500)), &set, 0);
+    assert!(long.len() < 90, "{long}");
     assert_ne!(
-        redis.redis_key(&Key::from("k".repeat(500)), "a"),
-        redis.redis_key(&Key::from("k".repeat(501)), "a")
+        redis.redis_key(&Key::from("k".repeat(500)), &set, 0),
+        redis.redis_key(&Key::from("k".repeat(501)), &set, 0)
     );
+    // A policy of the same name with another quota has its own state.
+    let changed = PolicySet::new(vec![Policy::new("burst", Quota::per_second(6))]).unwrap();
+    assert_ne!(plain, redis.redis_key(&Key::from("alice"), &changed, 0));
     let e = RedisStore::builder()
         .prefix("bad{")
         .build(rt.block_on(async {
@@ -516,7 +521,7 @@ mod cluster {
             let mut slots_seen = HashSet::new();
             for n in 0..300_u64 {
                 let key = Key::from(n);
-                let name = redis.redis_key(&key, "burst");
+                let name = redis.redis_key(&key, &set, 0);
                 slots_seen.insert(
                     cluster.nodes[0]
                         .command(&format!("CLUSTER KEYSLOT {name}"))

@@ -46,11 +46,14 @@ impl Level {
         let level = self.level_at(p, t0);
         if shaping {
             // Requests leave one after another, each once those ahead have
-            // drained. Slots are whole µs, so one unit occupies
-            // ⌈period/limit⌉ µs of the queue; the bucket holds `burst` units,
-            // so the wait may be at most what `burst - cost` units take.
-            // (Measuring the queue in ticks instead would count each queued
-            // slot's rounding and hold one unit fewer than `burst`.)
+            // drained. Slots are whole µs, so a request of one unit holds
+            // the queue for ⌈period/limit⌉ µs; the bucket holds `burst`
+            // units, so the wait may be at most what `burst - cost` such
+            // requests take. (Counting the queue in ticks would count each
+            // slot's rounding too, and hold one unit fewer than `burst`
+            // whenever period/limit is not a whole number of µs. Requests of
+            // several units round less, so with mixed costs and a fractional
+            // interval the queue can hold slightly more; the rate is exact.)
             let slot = t0 + level.div_ceil(p.drain);
             let room = (p.burst - cost) * p.unit.div_ceil(p.drain);
             if slot - now > room {

@@ -66,9 +66,11 @@ struct Slot {
     entry: Entry,
 }
 
-/// The states of one key, one per policy name.
+/// The states of one key, one per policy: its name and the fingerprint of
+/// its algorithm and quota, so a differently configured policy of the same
+/// name never reads this state.
 struct Entry {
-    names: Vec<Arc<str>>,
+    names: Vec<(Arc<str>, u64)>,
     states: Vec<Option<State>>,
     full_at: u64,
 }
@@ -276,7 +278,8 @@ impl Entry {
             names: set
                 .policies()
                 .iter()
-                .map(|p| Arc::clone(p.shared_name()))
+                .zip(set.params())
+                .map(|(p, params)| (Arc::clone(p.shared_name()), params.fingerprint))
                 .collect(),
             states: vec![None; set.len()],
             full_at: 0,
@@ -290,30 +293,35 @@ impl Entry {
             && self
                 .names
                 .iter()
-                .zip(set.policies())
-                .all(|(a, p)| Arc::ptr_eq(a, p.shared_name()) || **a == *p.name());
+                .zip(set.policies().iter().zip(set.params()))
+                .all(|((name, fp), (p, params))| {
+                    *fp == params.fingerprint
+                        && (Arc::ptr_eq(name, p.shared_name()) || **name == *p.name())
+                });
         let (decision, full_at) = if same {
             let decision = algorithm::decide(set, &mut self.states, now, cost, max_wait);
             (decision, algorithm::full_at(set, &self.states))
         } else {
-            // Another policy set shares this key: gather its states by name.
+            // Another policy set shares this key: gather its states.
+            let position = |names: &[(Arc<str>, u64)], p: &crate::Policy, fp: u64| {
+                names.iter().position(|(n, f)| *f == fp && **n == *p.name())
+            };
             let mut states: Vec<Option<State>> = set
                 .policies()
                 .iter()
-                .map(|p| {
-                    self.names
-                        .iter()
-                        .position(|n| **n == *p.name())
-                        .and_then(|i| self.states[i].take())
+                .zip(set.params())
+                .map(|(p, params)| {
+                    position(&self.names, p, params.fingerprint).and_then(|i| self.states[i].take())
                 })
                 .collect();
             let decision = algorithm::decide(set, &mut states, now, cost, max_wait);
             let full_at = algorithm::full_at(set, &states);
-            for (p, state) in set.policies().iter().zip(states) {
-                match self.names.iter().position(|n| **n == *p.name()) {
+            for ((p, params), state) in set.policies().iter().zip(set.params()).zip(states) {
+                match position(&self.names, p, params.fingerprint) {
                     Some(i) => self.states[i] = state,
                     None => {
-                        self.names.push(Arc::clone(p.shared_name()));
+                        self.names
+                            .push((Arc::clone(p.shared_name()), params.fingerprint));
                         self.states.push(state);
                     }
                 }

@@ -17,7 +17,7 @@ use crate::algorithm::{self, Slot};
 use crate::clock::duration_micros;
 use crate::decision::Decision;
 use crate::error::{BoxError, ConfigError, StoreError, StoreErrorKind};
-use crate::quota::Algorithm;
+use crate::quota::{Algorithm, Params, Policy, PolicySet};
 
 /// The decision script: the files in `lua/`, joined.
 const SCRIPT: &str = concat!(
@@ -90,8 +90,11 @@ impl RedisConnection {
 /// of its policies, with Redis's own clock (`TIME`), so every instance of a
 /// service shares exact limits and app servers' clocks never matter.
 ///
-/// - Keys are `<prefix>{<key>}:<policy>`: all of a request's keys share the
-///   `{hash tag}`, so on Redis Cluster its script never hits `CROSSSLOT`.
+/// - Keys are `<prefix>{<key>}:<policy>:<fingerprint>`: all of a request's
+///   keys share the `{hash tag}`, so on Redis Cluster its script never hits
+///   `CROSSSLOT`; the fingerprint names the policy's algorithm and quota, so
+///   a policy whose configuration changes starts afresh instead of reading
+///   state counted in other units.
 ///   Keys longer than 64 bytes or holding `{` or `}` are replaced by their
 ///   SHA-1, so no client input can reach another key or grow Redis without
 ///   bound. Every key expires once its state is back to full.
@@ -170,11 +173,22 @@ impl RedisStore {
         }
     }
 
-    /// The Redis key holding `policy`'s state for `key`.
+    /// The Redis key holding the state of policy `index` of `set` for
+    /// `key`.
+    ///
+    /// # Panics
+    ///
+    /// If `index` is out of range.
     #[must_use]
-    pub fn redis_key(&self, key: &crate::key::Key, policy: &str) -> String {
+    pub fn redis_key(&self, key: &crate::key::Key, set: &PolicySet, index: usize) -> String {
         let mut out = Vec::with_capacity(self.inner.prefix.len() + 24);
-        write_key(&mut out, &self.inner.prefix, key, policy);
+        write_key(
+            &mut out,
+            &self.inner.prefix,
+            key,
+            &set.policies()[index],
+            &set.params()[index],
+        );
         String::from_utf8_lossy(&out).into_owned()
     }
 }
@@ -312,9 +326,9 @@ impl Store for RedisStore {
 fn commands(inner: &Inner, check: &Check<'_>) -> (Cmd, Cmd) {
     let set = check.policies();
     let mut keys = Vec::with_capacity(set.len());
-    for p in set.policies() {
-        let mut k = Vec::with_capacity(inner.prefix.len() + 32);
-        write_key(&mut k, &inner.prefix, check.key(), p.name());
+    for (p, params) in set.policies().iter().zip(set.params()) {
+        let mut k = Vec::with_capacity(inner.prefix.len() + 40);
+        write_key(&mut k, &inner.prefix, check.key(), p, params);
         keys.push(k);
     }
     let mut args: Vec<String> = Vec::with_capacity(3 + 6 * set.len());
@@ -349,8 +363,15 @@ fn commands(inner: &Inner, check: &Check<'_>) -> (Cmd, Cmd) {
     (build("EVALSHA", &inner.sha), build("EVAL", SCRIPT))
 }
 
-/// `<prefix>{<key>}:<policy>`, the key hashed when long or holding braces.
-fn write_key(out: &mut Vec<u8>, prefix: &str, key: &crate::key::Key, policy: &str) {
+/// `<prefix>{<key>}:<policy>:<fingerprint>`, the key hashed when long or
+/// holding braces.
+fn write_key(
+    out: &mut Vec<u8>,
+    prefix: &str,
+    key: &crate::key::Key,
+    policy: &Policy,
+    params: &Params,
+) {
     let mut tagged = Vec::with_capacity(24);
     key.write_tagged(&mut tagged);
     out.extend_from_slice(prefix.as_bytes());
@@ -362,7 +383,10 @@ fn write_key(out: &mut Vec<u8>, prefix: &str, key: &crate::key::Key, policy: &st
         out.extend_from_slice(&tagged);
     }
     out.extend_from_slice(b"}:");
-    out.extend_from_slice(policy.as_bytes());
+    out.extend_from_slice(policy.name().as_bytes());
+    // A policy changed in algorithm or quota starts afresh rather than
+    // reading state counted in other units.
+    let _ = write!(out, ":{:08x}", params.fingerprint >> 32);
 }
 
 fn algorithm_id(a: Algorithm) -> u8 {
@@ -378,7 +402,7 @@ fn algorithm_id(a: Algorithm) -> u8 {
 }
 
 fn parse(
-    set: &crate::quota::PolicySet,
+    set: &PolicySet,
     max_wait: Option<Duration>,
     value: Value,
 ) -> Result<Decision, StoreError> {

@@ -143,12 +143,7 @@ impl RedisCluster {
     pub fn start() -> Self {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
-                RedisServer::spawn(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-node-timeout",
-                    "5000",
-                ])
+                RedisServer::spawn(&["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
             })
             .collect();
         let addrs: Vec<String> = nodes
