@@ -121,6 +121,20 @@ pub enum Algorithm {
     ///
     /// `Quota::per_second(10)` admits 10 at once, then one more every
     /// 100 ms; over any span `t` it admits at most `burst + limit·t/period`.
+    ///
+    /// ```
+    /// use tower_ratelimit::algorithm::decide;
+    /// use tower_ratelimit::{Algorithm, Policy, PolicySet, Quota};
+    /// # fn admitted(set: &PolicySet, s: &mut Vec<Option<tower_ratelimit::algorithm::State>>, at: u64, n: usize) -> usize {
+    /// #     (0..n).filter(|_| decide(set, s, at, 1, None).is_allowed()).count()
+    /// # }
+    /// let set = PolicySet::new(vec![Policy::new("p", Quota::per_second(10))]).unwrap();
+    /// let mut state = vec![None];
+    /// assert_eq!(admitted(&set, &mut state, 0, 20), 10); // the burst
+    /// assert_eq!(admitted(&set, &mut state, 99_999, 5), 0); // times in µs
+    /// assert_eq!(admitted(&set, &mut state, 100_000, 5), 1); // one per 100 ms
+    /// assert_eq!(admitted(&set, &mut state, 1_100_000, 20), 10); // full again
+    /// ```
     #[default]
     Gcra,
     /// A token bucket refilled in steps: `limit` tokens are added every
@@ -129,10 +143,41 @@ pub enum Algorithm {
     ///
     /// `Quota::per_minute(100)` admits 100 at once, then nothing until the
     /// minute since the first draw is over, then 100 more.
+    ///
+    /// ```
+    /// use tower_ratelimit::algorithm::decide;
+    /// use tower_ratelimit::{Algorithm, Policy, PolicySet, Quota};
+    /// # fn admitted(set: &PolicySet, s: &mut Vec<Option<tower_ratelimit::algorithm::State>>, at: u64, n: usize) -> usize {
+    /// #     (0..n).filter(|_| decide(set, s, at, 1, None).is_allowed()).count()
+    /// # }
+    /// let set = PolicySet::new(vec![
+    ///     Policy::new("p", Quota::per_minute(100)).algorithm(Algorithm::TokenBucket),
+    /// ])
+    /// .unwrap();
+    /// let mut state = vec![None];
+    /// assert_eq!(admitted(&set, &mut state, 0, 150), 100);
+    /// assert_eq!(admitted(&set, &mut state, 59_999_999, 5), 0);
+    /// assert_eq!(admitted(&set, &mut state, 60_000_000, 150), 100);
+    /// ```
     TokenBucket,
     /// A token bucket refilled continuously (a "greedy" refill: one token
     /// every `period / limit`). It admits exactly what [`Algorithm::Gcra`]
     /// admits; GCRA is the same bucket stored as one timestamp.
+    ///
+    /// ```
+    /// use tower_ratelimit::algorithm::decide;
+    /// use tower_ratelimit::{Algorithm, Policy, PolicySet, Quota};
+    /// # fn admitted(set: &PolicySet, s: &mut Vec<Option<tower_ratelimit::algorithm::State>>, at: u64, n: usize) -> usize {
+    /// #     (0..n).filter(|_| decide(set, s, at, 1, None).is_allowed()).count()
+    /// # }
+    /// let set = PolicySet::new(vec![
+    ///     Policy::new("p", Quota::per_minute(60).burst(5)).algorithm(Algorithm::GreedyTokenBucket),
+    /// ])
+    /// .unwrap();
+    /// let mut state = vec![None];
+    /// assert_eq!(admitted(&set, &mut state, 0, 10), 5);
+    /// assert_eq!(admitted(&set, &mut state, 1_000_000, 10), 1); // a token a second
+    /// ```
     GreedyTokenBucket,
     /// A bucket of `burst` requests draining one every `period / limit`.
     ///
@@ -141,19 +186,85 @@ pub enum Algorithm {
     /// request waits until the requests ahead of it have drained, so a burst
     /// leaves evenly spaced; a request finding `burst` requests queued ahead
     /// is rejected.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_ratelimit::algorithm::decide;
+    /// use tower_ratelimit::{Algorithm, Policy, PolicySet, Quota};
+    ///
+    /// let set = PolicySet::new(vec![
+    ///     Policy::new("p", Quota::per_second(10).burst(3)).algorithm(Algorithm::LeakyBucket),
+    /// ])
+    /// .unwrap();
+    /// let mut state = vec![None];
+    /// let max = Some(Duration::from_secs(1));
+    /// let d: Vec<_> = (0..4).map(|_| decide(&set, &mut state, 0, 1, max)).collect();
+    /// let ms = Duration::from_millis;
+    /// // A burst leaves one every 100 ms…
+    /// assert_eq!([d[0].wait(), d[1].wait(), d[2].wait()], [ms(0), ms(100), ms(200)]);
+    /// // …and with three queued the bucket is full.
+    /// assert!(!d[3].is_allowed());
+    /// ```
     LeakyBucket,
     /// At most `limit` per window, windows aligned to multiples of `period`
     /// on the clock. Cheap, but a client can spend `limit` at the end of one
     /// window and `limit` at the start of the next: up to `2·limit` within
     /// one period around a window edge.
+    ///
+    /// ```
+    /// use tower_ratelimit::algorithm::decide;
+    /// use tower_ratelimit::{Algorithm, Policy, PolicySet, Quota};
+    /// # fn admitted(set: &PolicySet, s: &mut Vec<Option<tower_ratelimit::algorithm::State>>, at: u64, n: usize) -> usize {
+    /// #     (0..n).filter(|_| decide(set, s, at, 1, None).is_allowed()).count()
+    /// # }
+    /// let set = PolicySet::new(vec![
+    ///     Policy::new("p", Quota::per_second(5)).algorithm(Algorithm::FixedWindow),
+    /// ])
+    /// .unwrap();
+    /// let mut state = vec![None];
+    /// assert_eq!(admitted(&set, &mut state, 999_999, 10), 5); // end of one window
+    /// assert_eq!(admitted(&set, &mut state, 1_000_000, 10), 5); // 1 µs later: 10 in 1 µs
+    /// ```
     FixedWindow,
     /// Exact: at most `limit` in any span of one `period`, by keeping a log
     /// of admitted requests (memory grows with `limit`).
+    ///
+    /// ```
+    /// use tower_ratelimit::algorithm::decide;
+    /// use tower_ratelimit::{Algorithm, Policy, PolicySet, Quota};
+    /// # fn admitted(set: &PolicySet, s: &mut Vec<Option<tower_ratelimit::algorithm::State>>, at: u64, n: usize) -> usize {
+    /// #     (0..n).filter(|_| decide(set, s, at, 1, None).is_allowed()).count()
+    /// # }
+    /// let set = PolicySet::new(vec![
+    ///     Policy::new("p", Quota::per_second(5)).algorithm(Algorithm::SlidingWindowLog),
+    /// ])
+    /// .unwrap();
+    /// let mut state = vec![None];
+    /// assert_eq!(admitted(&set, &mut state, 999_999, 10), 5);
+    /// assert_eq!(admitted(&set, &mut state, 1_000_000, 10), 0); // no edge effect
+    /// assert_eq!(admitted(&set, &mut state, 1_999_999, 10), 5);
+    /// ```
     SlidingWindowLog,
     /// The two-window approximation of a sliding window: the previous
     /// window's count weighted by how much of it still overlaps the sliding
     /// window, plus the current window's count, must stay within `limit`.
     /// Constant memory; never admits more than the fixed window would.
+    ///
+    /// ```
+    /// use tower_ratelimit::algorithm::decide;
+    /// use tower_ratelimit::{Algorithm, Policy, PolicySet, Quota};
+    /// # fn admitted(set: &PolicySet, s: &mut Vec<Option<tower_ratelimit::algorithm::State>>, at: u64, n: usize) -> usize {
+    /// #     (0..n).filter(|_| decide(set, s, at, 1, None).is_allowed()).count()
+    /// # }
+    /// let set = PolicySet::new(vec![
+    ///     Policy::new("p", Quota::per_second(10)).algorithm(Algorithm::SlidingWindowCounter),
+    /// ])
+    /// .unwrap();
+    /// let mut state = vec![None];
+    /// assert_eq!(admitted(&set, &mut state, 0, 20), 10);
+    /// // Half way into the next window, half of the last one still counts.
+    /// assert_eq!(admitted(&set, &mut state, 1_500_000, 20), 5);
+    /// ```
     SlidingWindowCounter,
 }
 
