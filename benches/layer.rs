@@ -2,7 +2,9 @@
 //!
 //! Side by side in one run, so the figures read as ratios:
 //! - `layer/*`: a request through an HTTP service with no layer, with
-//!   `RateLimitLayer` on one global key, and on 10,000 per-client keys;
+//!   `RateLimitLayer` on one global key, and on 10,000 per-client keys; and
+//!   `RateLimitLayer` against `tower_governor` on one global key, without
+//!   and with rate-limit headers on the response;
 //! - `decide/*`: one in-memory decision, `MemoryStore` against `governor`'s
 //!   keyed and direct (unkeyed) GCRA limiters, on the same key patterns.
 
@@ -16,13 +18,19 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use governor::{Quota as GovQuota, RateLimiter as GovLimiter};
 use http::{Request, Response};
 use tower::{Layer, ServiceExt, service_fn};
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::GlobalKeyExtractor;
 use tower_ratelimit::key::Key;
 use tower_ratelimit::store::Check;
-use tower_ratelimit::{MemoryStore, Policy, PolicySet, Quota, RateLimitLayer};
+use tower_ratelimit::{HeaderStyle, MemoryStore, Policy, PolicySet, Quota, RateLimitLayer};
 
 const KEYS: u32 = 10_000;
-/// A quota that never limits, so every request takes the full path.
-const HUGE: u64 = 1_000_000_000;
+/// A quota that never limits within a run, so every request takes the full
+/// path, and whose state stays (it does not refill between two requests of
+/// one key), as a busy client's does.
+fn unlimited(name: &str) -> Policy {
+    Policy::new(name, Quota::per_day(1_000).burst(100_000_000))
+}
 
 fn ip(n: u32) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n))
@@ -46,7 +54,7 @@ fn layer(c: &mut Criterion) {
     });
 
     let global = RateLimitLayer::builder()
-        .policy(Policy::new("burst", Quota::per_second(HUGE)))
+        .policy(unlimited("burst"))
         .build()
         .unwrap()
         .layer(inner);
@@ -59,7 +67,7 @@ fn layer(c: &mut Criterion) {
 
     let next = AtomicU32::new(0);
     let per_client = RateLimitLayer::builder()
-        .policy(Policy::new("burst", Quota::per_second(HUGE)))
+        .policy(unlimited("burst"))
         .key(|req: &Request<()>| req.extensions().get::<IpAddr>().copied())
         .build()
         .unwrap()
@@ -73,12 +81,69 @@ fn layer(c: &mut Criterion) {
             black_box(res)
         });
     });
+    // Against tower_governor, both on one global key; ours with no headers
+    // (tower_governor's default), then both with headers on every response.
+    let axum_inner = service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(axum::body::Body::empty()))
+    });
+    let ours = |style, attach| {
+        RateLimitLayer::builder()
+            .policy(unlimited("burst"))
+            .headers(style)
+            .decision_in_extensions(attach)
+            .build()
+            .unwrap()
+            .layer(axum_inner)
+    };
+    let bare = ours(HeaderStyle::None, false);
+    g.bench_function("ratelimit_no_headers_no_extension", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(bare.clone().oneshot(Request::new(())).await.unwrap()) });
+    });
+    let plain = ours(HeaderStyle::None, true);
+    g.bench_function("ratelimit_no_headers", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(plain.clone().oneshot(Request::new(())).await.unwrap()) });
+    });
+    let gov = tower_governor::GovernorLayer::new(
+        GovernorConfigBuilder::default()
+            .per_nanosecond(1)
+            .burst_size(u32::MAX)
+            .key_extractor(GlobalKeyExtractor)
+            .finish()
+            .unwrap(),
+    )
+    .layer(axum_inner);
+    g.bench_function("tower_governor_no_headers", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(gov.clone().oneshot(Request::new(())).await.unwrap()) });
+    });
+    let legacy = ours(HeaderStyle::Legacy, true);
+    g.bench_function("ratelimit_legacy_headers", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(legacy.clone().oneshot(Request::new(())).await.unwrap()) });
+    });
+    let gov_headers = tower_governor::GovernorLayer::new(
+        GovernorConfigBuilder::default()
+            .per_nanosecond(1)
+            .burst_size(u32::MAX)
+            .key_extractor(GlobalKeyExtractor)
+            .use_headers()
+            .finish()
+            .unwrap(),
+    )
+    .layer(axum_inner);
+    g.bench_function("tower_governor_headers", |b| {
+        b.to_async(&rt).iter(|| async {
+            black_box(gov_headers.clone().oneshot(Request::new(())).await.unwrap())
+        });
+    });
     g.finish();
 }
 
 fn decide(c: &mut Criterion) {
     let mut g = c.benchmark_group("decide");
-    let set = PolicySet::new(vec![Policy::new("burst", Quota::per_second(HUGE))]).unwrap();
+    let set = PolicySet::new(vec![unlimited("burst")]).unwrap();
     let huge = NonZeroU32::new(u32::MAX).unwrap();
 
     let store = MemoryStore::new();

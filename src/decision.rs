@@ -19,29 +19,39 @@ use std::time::Duration;
 /// # }
 /// ```
 ///
-/// Cloning is cheap (the per-policy part is shared).
+/// Cloning is cheap: one policy's part is copied, several are shared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     allowed: bool,
     at_micros: u64,
-    wait: Duration,
-    retry_after: Option<Duration>,
-    policies: Arc<[PolicyDecision]>,
+    /// µs: the wait when admitted, the retry time when not; `NEVER` when
+    /// the request can never be admitted.
+    gap: u64,
+    policies: Policies,
+}
+
+/// A gap that never closes.
+pub(crate) const NEVER: u64 = u64::MAX;
+
+fn micros(gap: u64) -> Option<Duration> {
+    (gap != NEVER).then(|| Duration::from_micros(gap))
+}
+
+/// One policy inline (the common case: no allocation to share), or many.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Policies {
+    One(PolicyDecision),
+    Many(Arc<[PolicyDecision]>),
 }
 
 impl Decision {
-    pub(crate) fn new(
-        allowed: bool,
-        at_micros: u64,
-        wait: Duration,
-        retry_after: Option<Duration>,
-        policies: Arc<[PolicyDecision]>,
-    ) -> Self {
+    /// `gap` is the wait (admitted) or the retry time (rejected) in µs, or
+    /// [`NEVER`].
+    pub(crate) fn new(allowed: bool, at_micros: u64, gap: u64, policies: Policies) -> Self {
         Self {
             allowed,
             at_micros,
-            wait,
-            retry_after,
+            gap,
             policies,
         }
     }
@@ -62,7 +72,11 @@ impl Decision {
     /// unless it was admitted in wait mode behind others.
     #[must_use]
     pub fn wait(&self) -> Duration {
-        self.wait
+        if self.allowed {
+            micros(self.gap).unwrap_or_default()
+        } else {
+            Duration::ZERO
+        }
     }
 
     /// For a rejected request, how long until the same request could be
@@ -70,21 +84,24 @@ impl Decision {
     /// for admitted requests.
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        if self.allowed { None } else { micros(self.gap) }
     }
 
     /// The per-policy details, in the order of the layer's policies. Empty
     /// for requests that were not counted.
     #[must_use]
     pub fn policies(&self) -> &[PolicyDecision] {
-        &self.policies
+        match &self.policies {
+            Policies::One(p) => std::slice::from_ref(p),
+            Policies::Many(all) => all,
+        }
     }
 
     /// The fewest units left across all policies (`u64::MAX` when no policy
     /// counted the request).
     #[must_use]
     pub fn remaining(&self) -> u64 {
-        self.policies
+        self.policies()
             .iter()
             .map(|p| p.remaining)
             .min()
@@ -98,10 +115,11 @@ pub struct PolicyDecision {
     pub(crate) name: Arc<str>,
     pub(crate) allowed: bool,
     pub(crate) limit: u64,
-    pub(crate) period: Duration,
+    /// µs, like the two below; `retry_after` may be [`NEVER`].
+    pub(crate) period: u64,
     pub(crate) remaining: u64,
-    pub(crate) retry_after: Option<Duration>,
-    pub(crate) reset_after: Duration,
+    pub(crate) retry_after: u64,
+    pub(crate) reset_after: u64,
 }
 
 impl PolicyDecision {
@@ -127,7 +145,7 @@ impl PolicyDecision {
     /// The quota's period.
     #[must_use]
     pub fn period(&self) -> Duration {
-        self.period
+        Duration::from_micros(self.period)
     }
 
     /// Units that could be spent right now after this decision.
@@ -140,12 +158,12 @@ impl PolicyDecision {
     /// admits it now, `None` if it never can.
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        micros(self.retry_after)
     }
 
     /// How long until this policy's state is back to full (nothing spent).
     #[must_use]
     pub fn reset_after(&self) -> Duration {
-        self.reset_after
+        Duration::from_micros(self.reset_after)
     }
 }

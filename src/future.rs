@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -25,9 +26,10 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, C, Result<M::Response, M::Error>>,
-        // The service made ready by `poll_ready`, and the request, until
-        // the decision lets the request through.
-        call: Option<(S, Req)>,
+        // The service made ready by `poll_ready` and the request, while a
+        // decision or a slot is awaited. Boxed: the usual path (an
+        // in-memory decision, no wait) never holds them.
+        call: Option<Box<(S, Req)>>,
         decision: Option<Decision>,
         info: M::Info,
         config: Arc<ResponseConfig>,
@@ -46,6 +48,52 @@ pin_project! {
     }
 }
 
+/// What follows a store's answer.
+pub(crate) enum Step<O> {
+    /// Call the inner service now.
+    Call(Option<Decision>),
+    /// Call it when the reserved slot comes.
+    Wait(Decision, Duration),
+    /// Answer without calling it.
+    Answer(O),
+}
+
+/// Acts on a store's answer: attaches an admitting decision to the request,
+/// applies the failure policy to an error.
+pub(crate) fn step<Req, Res, E, M>(
+    result: Result<Decision, StoreError>,
+    req: &mut Req,
+    info: M::Info,
+    config: &ResponseConfig,
+    failure: FailurePolicy,
+) -> Step<Result<M::Response, M::Error>>
+where
+    M: Respond<Req, Res, E>,
+{
+    match result {
+        Ok(decision) if decision.is_allowed() => {
+            if config.attach_decision {
+                M::attach(req, &decision);
+            }
+            match decision.wait() {
+                wait if wait.is_zero() => Step::Call(Some(decision)),
+                wait => Step::Wait(decision, wait),
+            }
+        }
+        Ok(decision) => Step::Answer(M::rejected(config, info, Some(&decision))),
+        Err(err) => match failure {
+            FailurePolicy::FailClosed => Step::Answer(M::store_error(info, err)),
+            FailurePolicy::FailOpen => {
+                #[cfg(feature = "tracing")]
+                tracing::warn!(error = %err, "rate limit store failed; letting the request through");
+                #[cfg(not(feature = "tracing"))]
+                let _ = err;
+                Step::Call(None)
+            }
+        },
+    }
+}
+
 impl<S, Req, C, M> ResponseFuture<S, Req, C, M>
 where
     S: Service<Req>,
@@ -55,7 +103,6 @@ where
         state: State<S::Future, C, Result<M::Response, M::Error>>,
         info: M::Info,
         config: Arc<ResponseConfig>,
-        failure: FailurePolicy,
     ) -> Self {
         Self {
             state,
@@ -63,33 +110,53 @@ where
             decision: None,
             info,
             config,
-            failure,
+            failure: FailurePolicy::FailOpen,
             _mode: PhantomData,
         }
     }
 
+    /// Waits for the store, then for a slot if one was reserved.
     pub(crate) fn checking(
         check: C,
-        service: S,
-        req: Req,
+        call: Box<(S, Req)>,
         info: M::Info,
         config: Arc<ResponseConfig>,
         failure: FailurePolicy,
     ) -> Self {
-        let mut this = Self::with(State::Checking { check }, info, config, failure);
-        this.call = Some((service, req));
+        let mut this = Self::with(State::Checking { check }, info, config);
+        this.call = Some(call);
+        this.failure = failure;
         this
     }
 
-    pub(crate) fn calling(future: S::Future, info: M::Info, config: Arc<ResponseConfig>) -> Self {
-        Self::with(
-            State::Calling { future },
-            info,
-            config,
-            FailurePolicy::FailOpen,
-        )
+    /// Waits for a reserved slot, then calls.
+    pub(crate) fn waiting(
+        decision: Decision,
+        wait: Duration,
+        call: Box<(S, Req)>,
+        info: M::Info,
+        config: Arc<ResponseConfig>,
+    ) -> Self {
+        let sleep = Box::pin(tokio::time::sleep(wait));
+        let mut this = Self::with(State::Waiting { sleep }, info, config);
+        this.call = Some(call);
+        this.decision = Some(decision);
+        this
     }
 
+    /// The inner service's future, already called.
+    pub(crate) fn calling(
+        future: S::Future,
+        decision: Option<Decision>,
+        info: M::Info,
+        config: Arc<ResponseConfig>,
+    ) -> Self {
+        let mut this = Self::with(State::Calling { future }, info, config);
+        this.decision = decision;
+        this
+    }
+
+    /// An answer ready at once.
     pub(crate) fn done(
         output: Result<M::Response, M::Error>,
         info: M::Info,
@@ -101,7 +168,6 @@ where
             },
             info,
             config,
-            FailurePolicy::FailOpen,
         )
     }
 }
@@ -119,51 +185,38 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Checking { check } => {
-                    let decision = match ready!(check.poll(cx)) {
-                        Ok(decision) => decision,
-                        Err(err) => match this.failure {
-                            FailurePolicy::FailClosed => {
-                                return Poll::Ready(M::store_error(*this.info, err));
-                            }
-                            FailurePolicy::FailOpen => {
-                                #[cfg(feature = "tracing")]
-                                tracing::warn!(error = %err, "rate limit store failed; letting the request through");
-                                #[cfg(not(feature = "tracing"))]
-                                let _ = err;
-                                let (mut service, req) = take_call(this.call);
-                                this.state.set(State::Calling {
-                                    future: service.call(req),
-                                });
-                                continue;
-                            }
-                        },
+                    let result = ready!(check.poll(cx));
+                    let Some(call) = this.call.as_mut() else {
+                        unreachable!("`checking` holds the call")
                     };
-                    if !decision.is_allowed() {
-                        return Poll::Ready(M::rejected(this.config, *this.info, Some(&decision)));
-                    }
-                    let wait = decision.wait();
-                    if let Some((_, req)) = this.call.as_mut() {
-                        M::attach(req, &decision);
-                    }
-                    *this.decision = Some(decision);
-                    if wait.is_zero() {
-                        let (mut service, req) = take_call(this.call);
-                        this.state.set(State::Calling {
-                            future: service.call(req),
-                        });
-                    } else {
-                        // The slot is reserved: sleeping is all that is left.
-                        this.state.set(State::Waiting {
-                            sleep: Box::pin(tokio::time::sleep(wait)),
-                        });
+                    match step::<Req, S::Response, S::Error, M>(
+                        result,
+                        &mut call.1,
+                        *this.info,
+                        this.config,
+                        *this.failure,
+                    ) {
+                        Step::Call(decision) => {
+                            *this.decision = decision;
+                            let future = take_call(this.call);
+                            this.state.set(State::Calling { future });
+                        }
+                        Step::Wait(decision, wait) => {
+                            *this.decision = Some(decision);
+                            // The slot is reserved: sleeping is all that is left.
+                            let sleep = Box::pin(tokio::time::sleep(wait));
+                            this.state.set(State::Waiting { sleep });
+                        }
+                        Step::Answer(output) => {
+                            this.state.set(State::Done { output: None });
+                            return Poll::Ready(output);
+                        }
                     }
                 }
                 StateProj::Waiting { sleep } => {
                     ready!(sleep.as_mut().poll(cx));
-                    let (mut service, req) = take_call(this.call);
-                    this.state.set(State::Calling {
-                        future: service.call(req),
-                    });
+                    let future = take_call(this.call);
+                    this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {
                     let output = match ready!(future.poll(cx)) {
@@ -185,8 +238,10 @@ where
     }
 }
 
-fn take_call<S, Req>(call: &mut Option<(S, Req)>) -> (S, Req) {
-    // Every path into `Calling` from `Checking` or `Waiting` runs once, and
-    // `checking` is the only constructor of those states; it sets `call`.
-    call.take().expect("the request is held until it is called")
+/// Calls the held service with the held request.
+fn take_call<S: Service<Req>, Req>(call: &mut Option<Box<(S, Req)>>) -> S::Future {
+    // `checking` and `waiting`, the only ways into those states, set `call`,
+    // and it is taken once, on leaving them.
+    let (mut service, req) = *call.take().expect("the request is held until it is called");
+    service.call(req)
 }

@@ -142,6 +142,7 @@ pub struct RateLimitLayerBuilder<K, St, C = UnitCost, M = HttpRejection> {
     headers: HeaderStyle,
     reject_missing_key: bool,
     failure: FailurePolicy,
+    attach_decision: bool,
     _mode: std::marker::PhantomData<fn() -> M>,
 }
 
@@ -167,6 +168,7 @@ impl<St> RateLimitLayerBuilder<Global, St> {
             headers: HeaderStyle::Ietf,
             reject_missing_key: false,
             failure: FailurePolicy::FailOpen,
+            attach_decision: true,
             _mode: std::marker::PhantomData,
         }
     }
@@ -221,6 +223,7 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
             headers: self.headers,
             reject_missing_key: self.reject_missing_key,
             failure: self.failure,
+            attach_decision: self.attach_decision,
             _mode: std::marker::PhantomData,
         }
     }
@@ -248,6 +251,7 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
             headers: self.headers,
             reject_missing_key: self.reject_missing_key,
             failure: self.failure,
+            attach_decision: self.attach_decision,
             _mode: std::marker::PhantomData,
         }
     }
@@ -283,6 +287,7 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
             headers: self.headers,
             reject_missing_key: self.reject_missing_key,
             failure: self.failure,
+            attach_decision: self.attach_decision,
             _mode: std::marker::PhantomData,
         }
     }
@@ -315,6 +320,7 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
             headers: self.headers,
             reject_missing_key: self.reject_missing_key,
             failure: self.failure,
+            attach_decision: self.attach_decision,
             _mode: std::marker::PhantomData,
         }
     }
@@ -394,6 +400,26 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
         self
     }
 
+    /// Whether admitted HTTP requests carry their [`Decision`](crate::Decision)
+    /// in their extensions for handlers to read (default `true`). Turning it
+    /// off saves the extension map's allocations on requests that arrive
+    /// without one.
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .policy(Policy::new("burst", Quota::per_second(5)))
+    ///     .decision_in_extensions(false)
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn decision_in_extensions(mut self, attach: bool) -> Self {
+        self.attach_decision = attach;
+        self
+    }
+
     /// Checks the configuration and makes the layer.
     ///
     /// # Errors
@@ -403,7 +429,11 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
     /// numbers too large to count exactly.
     pub fn build(self) -> Result<RateLimitLayer<K, St, C, M>, ConfigError> {
         let policies = PolicySet::new(self.policies)?;
-        let config = Arc::new(ResponseConfig::new(self.headers, &policies));
+        let config = Arc::new(ResponseConfig::new(
+            self.headers,
+            &policies,
+            self.attach_decision,
+        ));
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 key: self.key,

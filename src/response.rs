@@ -52,10 +52,11 @@ static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 pub struct ResponseConfig {
     style: HeaderStyle,
     policy_header: Option<HeaderValue>,
+    pub(crate) attach_decision: bool,
 }
 
 impl ResponseConfig {
-    pub(crate) fn new(style: HeaderStyle, policies: &PolicySet) -> Self {
+    pub(crate) fn new(style: HeaderStyle, policies: &PolicySet, attach_decision: bool) -> Self {
         let mut value = String::new();
         for (i, p) in policies.policies().iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
@@ -71,6 +72,7 @@ impl ResponseConfig {
             style,
             // Names are checked to be plain ASCII, so this cannot fail.
             policy_header: HeaderValue::try_from(value).ok(),
+            attach_decision,
         }
     }
 

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use crate::future::ResponseFuture;
+use crate::future::{ResponseFuture, Step, step};
 use crate::key::{Cost, KeyExtractor};
 use crate::layer::{OnLimit, Shared};
 use crate::response::Respond;
@@ -86,7 +86,7 @@ where
         self.inner.poll_ready(cx).map_err(M::inner_error)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, mut req: Req) -> Self::Future {
         let shared = &*self.shared;
         let config = Arc::clone(&shared.config);
         let info = M::info(&req);
@@ -95,7 +95,9 @@ where
             Ok(None) if shared.reject_missing_key => {
                 return ResponseFuture::done(M::rejected(&config, info, None), info, config);
             }
-            Ok(None) => return ResponseFuture::calling(self.inner.call(req), info, config),
+            Ok(None) => {
+                return ResponseFuture::calling(self.inner.call(req), None, info, config);
+            }
             Err(err) => return ResponseFuture::done(M::key_error(info, err), info, config),
         };
         let max_wait = match shared.on_limit {
@@ -103,13 +105,29 @@ where
             OnLimit::Wait { max } => Some(max),
         };
         let cost = shared.cost.cost(&req);
-        let check = shared
-            .store
-            .decide(Check::new(&key, &shared.policies, cost).max_wait(max_wait));
-        // Keep the service `poll_ready` readied for this request; leave a
-        // clone in its place for the next one.
-        let clone = self.inner.clone();
-        let ready = mem::replace(&mut self.inner, clone);
-        ResponseFuture::checking(check, ready, req, info, config, shared.failure)
+        let check = Check::new(&key, &shared.policies, cost).max_wait(max_wait);
+        let Some(result) = shared.store.decide_sync(check) else {
+            let check = shared.store.decide(check);
+            let call = Box::new((take_ready(&mut self.inner), req));
+            return ResponseFuture::checking(check, call, info, config, shared.failure);
+        };
+        match step::<Req, S::Response, S::Error, M>(result, &mut req, info, &config, shared.failure)
+        {
+            Step::Call(decision) => {
+                ResponseFuture::calling(self.inner.call(req), decision, info, config)
+            }
+            Step::Wait(decision, wait) => {
+                let call = Box::new((take_ready(&mut self.inner), req));
+                ResponseFuture::waiting(decision, wait, call, info, config)
+            }
+            Step::Answer(output) => ResponseFuture::done(output, info, config),
+        }
     }
+}
+
+/// Takes the service `poll_ready` readied for this request, leaving a clone
+/// in its place for the next one.
+fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    mem::replace(inner, clone)
 }

@@ -406,6 +406,27 @@ async fn handlers_see_the_decision_in_request_extensions() {
 }
 
 #[tokio::test]
+async fn the_decision_can_be_left_out_of_request_extensions() {
+    let svc = RateLimitLayer::builder()
+        .policy(Policy::new("burst", Quota::per_minute(10)))
+        .decision_in_extensions(false)
+        .build()
+        .unwrap()
+        .layer(service_fn(|req: Req| async move {
+            let seen = req.extensions().get::<Decision>().is_some();
+            Ok::<_, Infallible>(Response::new(seen.to_string()))
+        }));
+    let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+    // Headers still come from the decision.
+    assert_eq!(header(&res, "ratelimit"), Some("\"burst\";r=9;t=6"));
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"false");
+}
+
+#[tokio::test]
 async fn requests_without_a_key_pass_uncounted_unless_rejected() {
     let api_key = || Header(HeaderName::from_static("x-api-key"));
     let open = tower::Layer::layer(

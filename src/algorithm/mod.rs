@@ -34,8 +34,8 @@ mod token_bucket;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::decision::{Decision, PolicyDecision};
-use crate::quota::{Algorithm, Params, PolicySet};
+use crate::decision::{Decision, NEVER, Policies, PolicyDecision};
+use crate::quota::{Algorithm, Params, Policy, PolicySet};
 
 pub(crate) use fixed_window::FixedWindow;
 pub(crate) use level::Level;
@@ -156,9 +156,17 @@ pub fn decide(
     );
     let shaping = max_wait.is_some();
 
-    let mut slots = Vec::with_capacity(params.len());
-    for (p, state) in params.iter().zip(states.iter()) {
-        let slot = if cost == 0 {
+    // Per-request scratch lives on the stack for the usual few policies.
+    let n = params.len();
+    let (mut slot_buf, mut slot_vec) = ([Slot::Never; INLINE], Vec::new());
+    let slots: &mut [Slot] = if n <= INLINE {
+        &mut slot_buf[..n]
+    } else {
+        slot_vec.resize(n, Slot::Never);
+        &mut slot_vec
+    };
+    for ((p, state), slot) in params.iter().zip(states.iter()).zip(slots.iter_mut()) {
+        *slot = if cost == 0 {
             Slot::At(now)
         } else {
             match state {
@@ -166,10 +174,9 @@ pub fn decide(
                 None => State::fresh(p, now).earliest(p, now, cost, shaping),
             }
         };
-        slots.push(slot);
     }
 
-    if let (true, Some(t)) = combine(&slots, now, max_wait) {
+    if let (true, Some(t)) = combine(slots, now, max_wait) {
         if cost > 0 {
             for (p, state) in params.iter().zip(states.iter_mut()) {
                 state
@@ -178,16 +185,24 @@ pub fn decide(
             }
         }
     }
-    let after: Vec<(u64, u64)> = params
-        .iter()
-        .zip(states.iter())
-        .map(|(p, state)| match state {
+    let (mut after_buf, mut after_vec) = ([(0, 0); INLINE], Vec::new());
+    let after: &mut [(u64, u64)] = if n <= INLINE {
+        &mut after_buf[..n]
+    } else {
+        after_vec.resize(n, (0, 0));
+        &mut after_vec
+    };
+    for ((p, state), out) in params.iter().zip(states.iter()).zip(after.iter_mut()) {
+        *out = match state {
             Some(s) => (s.remaining(p, now), s.full_at(p)),
             None => (p.burst, now),
-        })
-        .collect();
-    assemble(set, now, max_wait, &slots, &after)
+        };
+    }
+    assemble(set, now, max_wait, slots, after)
 }
+
+/// Policies whose scratch space fits on the stack.
+const INLINE: usize = 4;
 
 /// Whether the request is admitted, and the slot it gets: the latest of
 /// the policies' slots, `None` if one never admits it.
@@ -220,35 +235,37 @@ pub(crate) fn assemble(
     after: &[(u64, u64)],
 ) -> Decision {
     let (allowed, at) = combine(slots, now, max_wait);
-    let policies: Arc<[PolicyDecision]> = set
+    let policy = |((p, policy), (slot, &(remaining, full_at))): (
+        (&Params, &Policy),
+        (&Slot, &(u64, u64)),
+    )| {
+        let retry_after = match *slot {
+            Slot::At(t) => t.saturating_sub(now),
+            Slot::QueueFull { retry_at } => retry_at.saturating_sub(now),
+            Slot::Never => NEVER,
+        };
+        PolicyDecision {
+            name: Arc::clone(policy.shared_name()),
+            allowed: allowed || retry_after == 0,
+            limit: p.limit,
+            period: p.period,
+            remaining,
+            retry_after,
+            reset_after: full_at.saturating_sub(now),
+        }
+    };
+    let mut each = set
         .params()
         .iter()
         .zip(set.policies())
         .zip(slots.iter().zip(after))
-        .map(|((p, policy), (slot, &(remaining, full_at)))| {
-            let retry_after = match *slot {
-                Slot::At(t) => Some(t.saturating_sub(now)),
-                Slot::QueueFull { retry_at } => Some(retry_at.saturating_sub(now)),
-                Slot::Never => None,
-            };
-            PolicyDecision {
-                name: Arc::clone(policy.shared_name()),
-                allowed: allowed || retry_after == Some(0),
-                limit: p.limit,
-                period: Duration::from_micros(p.period),
-                remaining,
-                retry_after: retry_after.map(Duration::from_micros),
-                reset_after: Duration::from_micros(full_at.saturating_sub(now)),
-            }
-        })
-        .collect();
-    let gap = at.map(|t| Duration::from_micros(t - now));
-    let (wait, retry_after) = if allowed {
-        (gap.unwrap_or_default(), None)
+        .map(policy);
+    let policies = if set.len() == 1 {
+        Policies::One(each.next().expect("a set has a policy"))
     } else {
-        (Duration::ZERO, gap)
+        Policies::Many(each.collect())
     };
-    Decision::new(allowed, now, wait, retry_after, policies)
+    Decision::new(allowed, now, at.map_or(NEVER, |t| t - now), policies)
 }
 
 /// When every state in `states` is back to full, in µs: the time after

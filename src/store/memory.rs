@@ -236,6 +236,10 @@ impl<C: Clock> Store for MemoryStore<C> {
     fn decide(&self, check: Check<'_>) -> Self::Future {
         ready(Ok(self.decide_now(check)))
     }
+
+    fn decide_sync(&self, check: Check<'_>) -> Option<Result<Decision, StoreError>> {
+        Some(Ok(self.decide_now(check)))
+    }
 }
 
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {

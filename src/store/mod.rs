@@ -106,6 +106,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Decides `check`.
     fn decide(&self, check: Check<'_>) -> Self::Future;
+
+    /// Decides `check` at once if the store can without waiting (an
+    /// in-memory store), so the layer skips holding the request while a
+    /// future resolves. `None` (the default) means: use [`decide`](Self::decide).
+    fn decide_sync(&self, check: Check<'_>) -> Option<Result<Decision, StoreError>> {
+        let _ = check;
+        None
+    }
 }
 
 impl<S: Store> Store for std::sync::Arc<S> {
@@ -113,5 +121,9 @@ impl<S: Store> Store for std::sync::Arc<S> {
 
     fn decide(&self, check: Check<'_>) -> Self::Future {
         (**self).decide(check)
+    }
+
+    fn decide_sync(&self, check: Check<'_>) -> Option<Result<Decision, StoreError>> {
+        (**self).decide_sync(check)
     }
 }
