@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decision::{Decision, NEVER, Policies, PolicyDecision};
-use crate::quota::{Algorithm, Params, Policy, PolicySet};
+use crate::quota::{Algorithm, Params, PolicySet};
 
 pub(crate) use fixed_window::FixedWindow;
 pub(crate) use level::Level;
@@ -235,17 +235,15 @@ pub(crate) fn assemble(
     after: &[(u64, u64)],
 ) -> Decision {
     let (allowed, at) = combine(slots, now, max_wait);
-    let policy = |((p, policy), (slot, &(remaining, full_at))): (
-        (&Params, &Policy),
-        (&Slot, &(u64, u64)),
-    )| {
-        let retry_after = match *slot {
+    let policy = |i: usize| {
+        let (p, (remaining, full_at)) = (&set.params()[i], after[i]);
+        let retry_after = match slots[i] {
             Slot::At(t) => t.saturating_sub(now),
             Slot::QueueFull { retry_at } => retry_at.saturating_sub(now),
             Slot::Never => NEVER,
         };
         PolicyDecision {
-            name: Arc::clone(policy.shared_name()),
+            name: Arc::clone(set.policies()[i].shared_name()),
             allowed: allowed || retry_after == 0,
             limit: p.limit,
             period: p.period,
@@ -254,16 +252,10 @@ pub(crate) fn assemble(
             reset_after: full_at.saturating_sub(now),
         }
     };
-    let mut each = set
-        .params()
-        .iter()
-        .zip(set.policies())
-        .zip(slots.iter().zip(after))
-        .map(policy);
     let policies = if set.len() == 1 {
-        Policies::One(each.next().expect("a set has a policy"))
+        Policies::One(policy(0))
     } else {
-        Policies::Many(each.collect())
+        Policies::Many((0..set.len()).map(policy).collect())
     };
     Decision::new(allowed, now, at.map_or(NEVER, |t| t - now), policies)
 }
