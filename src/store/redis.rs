@@ -173,6 +173,13 @@ impl RedisStore {
         }
     }
 
+    /// The Lua script every decision runs (the files in `lua/`, joined), for
+    /// inspection or to load ahead with `SCRIPT LOAD`.
+    #[must_use]
+    pub fn script_source() -> &'static str {
+        SCRIPT
+    }
+
     /// The Redis key holding the state of policy `index` of `set` for
     /// `key`.
     ///

@@ -1,0 +1,88 @@
+//! Run with `cargo bench --bench redis --features redis` (needs
+//! `redis-server` on PATH; the bench starts its own on a free port).
+//!
+//! Side by side in one run, over one connection to a local Redis:
+//! - `redis/ping`: the round trip alone;
+//! - `redis/raw_evalsha`: the decision script sent by hand with `EVALSHA`,
+//!   keys and arguments prebuilt — the floor for any client;
+//! - `redis/store_decide`: `RedisStore::decide`, which also builds the keys
+//!   and arguments, checks the deadline and assembles the `Decision`.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use tower_ratelimit::key::Key;
+use tower_ratelimit::store::{Check, RedisStore, Store};
+use tower_ratelimit::{Policy, PolicySet, Quota};
+
+fn redis(c: &mut Criterion) {
+    let server = support::RedisServer::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (store, mut conn) = rt.block_on(async {
+        let store = RedisStore::connect(&server.url()).await.unwrap();
+        let client = redis::Client::open(server.url()).unwrap();
+        let conn = client.get_multiplexed_async_connection().await.unwrap();
+        (store, conn)
+    });
+    let set = PolicySet::new(vec![Policy::new(
+        "burst",
+        Quota::per_day(1_000).burst(100_000_000),
+    )])
+    .unwrap();
+    let key = Key::from("bench");
+    let sha: String = rt.block_on(async {
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(RedisStore::script_source())
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    });
+    let redis_key = store.redis_key(&key, &set, 0);
+
+    let mut g = c.benchmark_group("redis");
+    g.bench_function("ping", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut conn = conn.clone();
+            async move {
+                let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+                black_box(pong)
+            }
+        });
+    });
+    // The same script and arguments RedisStore sends for this policy:
+    // GCRA (id 1), limit 1000, period 1 day, burst 10^8, unit 86 400 000 µs
+    // per unit, drain 1 tick per µs.
+    let mut raw = redis::cmd("EVALSHA");
+    raw.arg(&sha).arg(1).arg(&redis_key).arg("").arg(1).arg(-1);
+    raw.arg(1)
+        .arg(1_000)
+        .arg(86_400_000_000_u64)
+        .arg(100_000_000)
+        .arg(86_400_000)
+        .arg(1);
+    g.bench_function("raw_evalsha", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut conn = conn.clone();
+            let raw = &raw;
+            async move {
+                let v: Vec<i64> = raw.query_async(&mut conn).await.unwrap();
+                black_box(v)
+            }
+        });
+    });
+    g.bench_function("store_decide", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(store.decide(Check::new(&key, &set, 1)).await.unwrap()) });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, redis);
+criterion_main!(benches);
