@@ -134,24 +134,29 @@ impl<S, K, St, C, M> Layer<S> for RateLimitLayer<K, St, C, M> {
 /// Builds a [`RateLimitLayer`]; see [`RateLimitLayer::builder`].
 #[must_use]
 pub struct RateLimitLayerBuilder<K, St, C = UnitCost, M = HttpRejection> {
-    policies: Vec<Policy>,
+    settings: Settings,
     key: K,
     store: St,
     cost: C,
+    _mode: std::marker::PhantomData<fn() -> M>,
+}
+
+/// The builder's settings that do not change its type.
+#[derive(Debug)]
+struct Settings {
+    policies: Vec<Policy>,
     on_limit: OnLimit,
     headers: HeaderStyle,
     reject_missing_key: bool,
     failure: FailurePolicy,
     attach_decision: bool,
-    _mode: std::marker::PhantomData<fn() -> M>,
 }
 
 impl<K: fmt::Debug, St, C, M> fmt::Debug for RateLimitLayerBuilder<K, St, C, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayerBuilder")
-            .field("policies", &self.policies)
+            .field("settings", &self.settings)
             .field("key", &self.key)
-            .field("on_limit", &self.on_limit)
             .finish_non_exhaustive()
     }
 }
@@ -160,15 +165,17 @@ impl<St> RateLimitLayerBuilder<Global, St> {
     /// Starts configuring a layer that decides with `store`.
     pub fn with_store(store: St) -> Self {
         Self {
-            policies: Vec::new(),
+            settings: Settings {
+                policies: Vec::new(),
+                on_limit: OnLimit::Reject,
+                headers: HeaderStyle::Ietf,
+                reject_missing_key: false,
+                failure: FailurePolicy::FailOpen,
+                attach_decision: true,
+            },
             key: Global,
             store,
             cost: UnitCost,
-            on_limit: OnLimit::Reject,
-            headers: HeaderStyle::Ietf,
-            reject_missing_key: false,
-            failure: FailurePolicy::FailOpen,
-            attach_decision: true,
             _mode: std::marker::PhantomData,
         }
     }
@@ -188,13 +195,13 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
     /// assert_eq!(layer.policies().len(), 1);
     /// ```
     pub fn policy(mut self, policy: Policy) -> Self {
-        self.policies.push(policy);
+        self.settings.policies.push(policy);
         self
     }
 
     /// Adds several policies.
     pub fn policies(mut self, policies: impl IntoIterator<Item = Policy>) -> Self {
-        self.policies.extend(policies);
+        self.settings.policies.extend(policies);
         self
     }
 
@@ -215,15 +222,10 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
     /// ```
     pub fn key<K2>(self, key: K2) -> RateLimitLayerBuilder<K2, St, C, M> {
         RateLimitLayerBuilder {
-            policies: self.policies,
+            settings: self.settings,
             key,
             store: self.store,
             cost: self.cost,
-            on_limit: self.on_limit,
-            headers: self.headers,
-            reject_missing_key: self.reject_missing_key,
-            failure: self.failure,
-            attach_decision: self.attach_decision,
             _mode: std::marker::PhantomData,
         }
     }
@@ -243,15 +245,10 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
     /// ```
     pub fn store<St2>(self, store: St2) -> RateLimitLayerBuilder<K, St2, C, M> {
         RateLimitLayerBuilder {
-            policies: self.policies,
+            settings: self.settings,
             key: self.key,
             store,
             cost: self.cost,
-            on_limit: self.on_limit,
-            headers: self.headers,
-            reject_missing_key: self.reject_missing_key,
-            failure: self.failure,
-            attach_decision: self.attach_decision,
             _mode: std::marker::PhantomData,
         }
     }
@@ -279,15 +276,10 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
     /// ```
     pub fn cost<C2>(self, cost: C2) -> RateLimitLayerBuilder<K, St, C2, M> {
         RateLimitLayerBuilder {
-            policies: self.policies,
+            settings: self.settings,
             key: self.key,
             store: self.store,
             cost,
-            on_limit: self.on_limit,
-            headers: self.headers,
-            reject_missing_key: self.reject_missing_key,
-            failure: self.failure,
-            attach_decision: self.attach_decision,
             _mode: std::marker::PhantomData,
         }
     }
@@ -312,15 +304,10 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
     /// ```
     pub fn reject_with_error(self) -> RateLimitLayerBuilder<K, St, C, ErrorRejection> {
         RateLimitLayerBuilder {
-            policies: self.policies,
+            settings: self.settings,
             key: self.key,
             store: self.store,
             cost: self.cost,
-            on_limit: self.on_limit,
-            headers: self.headers,
-            reject_missing_key: self.reject_missing_key,
-            failure: self.failure,
-            attach_decision: self.attach_decision,
             _mode: std::marker::PhantomData,
         }
     }
@@ -340,7 +327,7 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
     /// # let _ = layer;
     /// ```
     pub fn on_limit(mut self, on_limit: OnLimit) -> Self {
-        self.on_limit = on_limit;
+        self.settings.on_limit = on_limit;
         self
     }
 
@@ -358,7 +345,7 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
     /// # let _ = layer;
     /// ```
     pub fn headers(mut self, style: HeaderStyle) -> Self {
-        self.headers = style;
+        self.settings.headers = style;
         self
     }
 
@@ -378,7 +365,7 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
     /// # let _ = layer;
     /// ```
     pub fn reject_missing_key(mut self) -> Self {
-        self.reject_missing_key = true;
+        self.settings.reject_missing_key = true;
         self
     }
 
@@ -396,7 +383,7 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
     /// # let _ = layer;
     /// ```
     pub fn on_store_failure(mut self, failure: FailurePolicy) -> Self {
-        self.failure = failure;
+        self.settings.failure = failure;
         self
     }
 
@@ -416,7 +403,7 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
     /// # let _ = layer;
     /// ```
     pub fn decision_in_extensions(mut self, attach: bool) -> Self {
-        self.attach_decision = attach;
+        self.settings.attach_decision = attach;
         self
     }
 
@@ -428,11 +415,11 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
     /// name, a zero limit, period or burst, a burst on a window algorithm,
     /// numbers too large to count exactly.
     pub fn build(self) -> Result<RateLimitLayer<K, St, C, M>, ConfigError> {
-        let policies = PolicySet::new(self.policies)?;
+        let policies = PolicySet::new(self.settings.policies)?;
         let config = Arc::new(ResponseConfig::new(
-            self.headers,
+            self.settings.headers,
             &policies,
-            self.attach_decision,
+            self.settings.attach_decision,
         ));
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
@@ -440,9 +427,9 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
                 store: self.store,
                 cost: self.cost,
                 policies,
-                on_limit: self.on_limit,
-                reject_missing_key: self.reject_missing_key,
-                failure: self.failure,
+                on_limit: self.settings.on_limit,
+                reject_missing_key: self.settings.reject_missing_key,
+                failure: self.settings.failure,
                 config,
             }),
             _mode: std::marker::PhantomData,

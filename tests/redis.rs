@@ -134,20 +134,25 @@ async fn compare(
     differ
 }
 
+/// Drives `cases` random timelines through both stores.
+fn check_parity(rt: &tokio::runtime::Runtime, redis: &RedisStore, cases: u32) {
+    let config = ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(set in policies(), steps in steps())| {
+        let differ = rt.block_on(compare(redis, &set, &steps));
+        prop_assert!(differ.is_empty(), "first difference (step, memory, redis): {:#?}", differ[0]);
+    });
+}
+
 #[test]
 fn redis_decides_exactly_like_memory_for_random_timelines() {
     let server = RedisServer::start();
     let rt = runtime();
     let redis = rt.block_on(store(&server));
-    let config = ProptestConfig {
-        cases: 96,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
-    proptest!(config, |(set in policies(), steps in steps())| {
-        let differ = rt.block_on(compare(&redis, &set, &steps));
-        prop_assert!(differ.is_empty(), "first difference (step, memory, redis): {:#?}", differ[0]);
-    });
+    check_parity(&rt, &redis, 96);
 }
 
 #[test]
@@ -492,15 +497,7 @@ mod cluster {
         let cluster = RedisCluster::start();
         let rt = runtime();
         let redis = rt.block_on(cluster_store(&cluster));
-        let config = ProptestConfig {
-            cases: 48,
-            failure_persistence: None,
-            ..ProptestConfig::default()
-        };
-        proptest!(config, |(set in policies(), steps in steps())| {
-            let differ = rt.block_on(compare(&redis, &set, &steps));
-            prop_assert!(differ.is_empty(), "first difference: {:#?}", differ[0]);
-        });
+        check_parity(&rt, &redis, 48);
         // The cases' keys landed on all three masters.
         let mut masters_with_keys = 0;
         for node in &cluster.nodes {
