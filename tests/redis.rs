@@ -546,3 +546,31 @@ mod cluster {
         });
     }
 }
+
+#[test]
+fn stores_built_on_a_multiplexed_connection_or_a_connection_manager_share_state() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let client = redis::Client::open(server.url()).unwrap();
+        let multiplexed = RedisStore::builder()
+            .build(client.get_multiplexed_async_connection().await.unwrap())
+            .unwrap();
+        let managed = RedisStore::builder()
+            .build(client.get_connection_manager().await.unwrap())
+            .unwrap();
+        let set = PolicySet::new(vec![Policy::new("p", Quota::per_minute(3))]).unwrap();
+        let key = fresh_key("conns");
+        let mut admitted = 0;
+        for store in [&multiplexed, &managed, &multiplexed, &managed] {
+            admitted += usize::from(
+                store
+                    .decide(Check::new(&key, &set, 1))
+                    .await
+                    .unwrap()
+                    .is_allowed(),
+            );
+        }
+        assert_eq!(admitted, 3);
+    });
+}
