@@ -9,7 +9,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use crate::decision::Decision;
@@ -42,7 +42,8 @@ pin_project! {
     #[project = StateProj]
     enum State<F, C, O> {
         Checking { #[pin] check: C },
-        Waiting { sleep: Pin<Box<Sleep>> },
+        // The timer is made on first poll, inside the runtime.
+        Waiting { until: Instant, sleep: Option<Pin<Box<Sleep>>> },
         Calling { #[pin] future: F },
         Done { output: Option<O> },
     }
@@ -137,8 +138,8 @@ where
         info: M::Info,
         config: Arc<ResponseConfig>,
     ) -> Self {
-        let sleep = Box::pin(tokio::time::sleep(wait));
-        let mut this = Self::with(State::Waiting { sleep }, info, config);
+        let until = Instant::now() + wait;
+        let mut this = Self::with(State::Waiting { until, sleep: None }, info, config);
         this.call = Some(call);
         this.decision = Some(decision);
         this
@@ -204,8 +205,8 @@ where
                         Step::Wait(decision, wait) => {
                             *this.decision = Some(decision);
                             // The slot is reserved: sleeping is all that is left.
-                            let sleep = Box::pin(tokio::time::sleep(wait));
-                            this.state.set(State::Waiting { sleep });
+                            let until = Instant::now() + wait;
+                            this.state.set(State::Waiting { until, sleep: None });
                         }
                         Step::Answer(output) => {
                             this.state.set(State::Done { output: None });
@@ -213,7 +214,9 @@ where
                         }
                     }
                 }
-                StateProj::Waiting { sleep } => {
+                StateProj::Waiting { until, sleep } => {
+                    let sleep =
+                        sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*until)));
                     ready!(sleep.as_mut().poll(cx));
                     let future = take_call(this.call);
                     this.state.set(State::Calling { future });

@@ -19,7 +19,8 @@ use crate::store::{Check, Store};
 /// layer's limiter.
 ///
 /// `poll_ready` forwards the inner service's readiness. The decision is made
-/// in the future `call` returns, since the key depends on the request.
+/// per request: inside `call` for stores that decide at once (the in-memory
+/// store), otherwise in the future `call` returns.
 pub struct RateLimit<S, K, St, C, M> {
     inner: S,
     shared: Arc<Shared<K, St, C>>,
