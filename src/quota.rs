@@ -269,6 +269,24 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Every algorithm, in the order of the table in the crate docs.
+    ///
+    /// ```
+    /// use tower_ratelimit::Algorithm;
+    ///
+    /// assert_eq!(Algorithm::ALL.len(), 7);
+    /// assert_eq!(Algorithm::ALL[0], Algorithm::default());
+    /// ```
+    pub const ALL: [Algorithm; 7] = [
+        Algorithm::Gcra,
+        Algorithm::TokenBucket,
+        Algorithm::GreedyTokenBucket,
+        Algorithm::LeakyBucket,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindowLog,
+        Algorithm::SlidingWindowCounter,
+    ];
+
     /// The name used in docs, errors and Redis script names.
     #[must_use]
     pub const fn as_str(&self) -> &'static str {

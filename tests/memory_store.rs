@@ -63,15 +63,7 @@ fn eviction_forgets_the_keys_closest_to_refilling_first() {
 
 #[test]
 fn refilled_state_is_forgotten() {
-    for algorithm in [
-        Algorithm::Gcra,
-        Algorithm::TokenBucket,
-        Algorithm::GreedyTokenBucket,
-        Algorithm::LeakyBucket,
-        Algorithm::FixedWindow,
-        Algorithm::SlidingWindowLog,
-        Algorithm::SlidingWindowCounter,
-    ] {
+    for algorithm in Algorithm::ALL {
         let clock = FakeClock::new();
         let store = MemoryStore::builder()
             .clock(clock.clone())

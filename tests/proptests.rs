@@ -15,15 +15,7 @@ use tower_ratelimit::key::Key;
 use tower_ratelimit::store::Check;
 use tower_ratelimit::{Algorithm, Decision, MemoryStore, Policy, PolicySet, Quota};
 
-const ALGORITHMS: [Algorithm; 7] = [
-    Algorithm::Gcra,
-    Algorithm::TokenBucket,
-    Algorithm::GreedyTokenBucket,
-    Algorithm::LeakyBucket,
-    Algorithm::FixedWindow,
-    Algorithm::SlidingWindowLog,
-    Algorithm::SlidingWindowCounter,
-];
+const ALGORITHMS: [Algorithm; 7] = Algorithm::ALL;
 
 fn has_burst(algorithm: Algorithm) -> bool {
     matches!(

@@ -16,15 +16,7 @@ use tower_ratelimit::key::Key;
 use tower_ratelimit::store::{Check, RedisStore, Store};
 use tower_ratelimit::{Algorithm, Decision, MemoryStore, Policy, PolicySet, Quota, StoreErrorKind};
 
-const ALGORITHMS: [Algorithm; 7] = [
-    Algorithm::Gcra,
-    Algorithm::TokenBucket,
-    Algorithm::GreedyTokenBucket,
-    Algorithm::LeakyBucket,
-    Algorithm::FixedWindow,
-    Algorithm::SlidingWindowLog,
-    Algorithm::SlidingWindowCounter,
-];
+const ALGORITHMS: [Algorithm; 7] = Algorithm::ALL;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
