@@ -37,5 +37,6 @@ local function expire_at_full(key, full_at, now)
   redis.call('PEXPIRE', key, ms)
 end
 
--- Slot kinds: 0 = at a time, 1 = queue full (retry at a time), 2 = never.
-local AT, QUEUE_FULL, NEVER = 0, 1, 2
+-- Slot kinds: 0 = at a time, 1 = queue full (retry at a time), 2 = never,
+-- 3 = busy (a concurrency policy is full: no time is known).
+local AT, QUEUE_FULL, NEVER, BUSY = 0, 1, 2, 3

@@ -32,9 +32,12 @@ pub struct Decision {
 
 /// A gap that never closes.
 pub(crate) const NEVER: u64 = u64::MAX;
+/// A gap of no known length: a concurrency policy is full until a holder
+/// releases.
+pub(crate) const BUSY: u64 = u64::MAX - 1;
 
 fn micros(gap: u64) -> Option<Duration> {
-    (gap != NEVER).then(|| Duration::from_micros(gap))
+    (gap < BUSY).then(|| Duration::from_micros(gap))
 }
 
 /// One policy inline (the common case: no allocation to share), or many.
@@ -54,6 +57,21 @@ impl Decision {
             gap,
             policies,
         }
+    }
+
+    /// The same decision once its wait is over.
+    pub(crate) fn waited(mut self) -> Self {
+        if self.allowed {
+            self.gap = 0;
+        }
+        self
+    }
+
+    /// The same decision, rejected: a renewal found its lease gone.
+    pub(crate) fn into_lost(mut self) -> Self {
+        self.allowed = false;
+        self.gap = NEVER;
+        self
     }
 
     /// Whether the request was admitted (possibly after [`wait`](Self::wait)).
@@ -80,11 +98,28 @@ impl Decision {
     }
 
     /// For a rejected request, how long until the same request could be
-    /// admitted; `None` when it never can (its cost exceeds a quota) and
-    /// for admitted requests.
+    /// admitted; `None` for admitted requests and when no time is known:
+    /// the request can never fit ([`is_never`](Self::is_never)) or a
+    /// concurrency policy is full ([`is_busy`](Self::is_busy)).
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         if self.allowed { None } else { micros(self.gap) }
+    }
+
+    /// Whether the request was rejected because it can never be admitted:
+    /// its cost exceeds what a policy can ever hold.
+    #[must_use]
+    pub fn is_never(&self) -> bool {
+        !self.allowed && self.gap == NEVER
+    }
+
+    /// Whether the request was rejected because a
+    /// [`Concurrency`](crate::Algorithm::Concurrency) policy has no room: it
+    /// fits once enough of what is in flight is released, at a time nobody
+    /// knows yet.
+    #[must_use]
+    pub fn is_busy(&self) -> bool {
+        !self.allowed && self.gap == BUSY
     }
 
     /// The per-policy details, in the order of the layer's policies. Empty
@@ -114,6 +149,7 @@ impl Decision {
 pub struct PolicyDecision {
     pub(crate) name: Arc<str>,
     pub(crate) allowed: bool,
+    pub(crate) concurrency: bool,
     pub(crate) limit: u64,
     /// µs, like the two below; `retry_after` may be [`NEVER`].
     pub(crate) period: u64,
@@ -136,13 +172,21 @@ impl PolicyDecision {
         self.allowed
     }
 
-    /// The quota's limit per period.
+    /// The quota's limit per period; for a concurrency policy, the most in
+    /// flight at once.
     #[must_use]
     pub fn limit(&self) -> u64 {
         self.limit
     }
 
-    /// The quota's period.
+    /// Whether this is a [`Concurrency`](crate::Algorithm::Concurrency)
+    /// policy, counting what is in flight rather than a rate.
+    #[must_use]
+    pub fn is_concurrency(&self) -> bool {
+        self.concurrency
+    }
+
+    /// The quota's period; for a concurrency policy, its lease.
     #[must_use]
     pub fn period(&self) -> Duration {
         Duration::from_micros(self.period)
@@ -155,7 +199,8 @@ impl PolicyDecision {
     }
 
     /// How long until this policy alone would admit the request: zero if it
-    /// admits it now, `None` if it never can.
+    /// admits it now, `None` if it never can or, for a full concurrency
+    /// policy, when no time is known.
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         micros(self.retry_after)

@@ -4,6 +4,8 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
+use crate::decision::Decision;
+
 /// A boxed error, as tower uses for middleware that adds its own errors.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -69,35 +71,126 @@ impl StdError for ConfigError {}
 ///
 /// Services that are not HTTP services get this as their error (boxed in a
 /// [`BoxError`]; downcast to read it). HTTP services get a `429` response
-/// instead.
+/// instead. [`RateLimiter`](crate::RateLimiter) calls return it inside an
+/// [`AcquireError`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimited {
-    retry_after: Option<Duration>,
+    decision: Option<Decision>,
+    missing_key: bool,
 }
 
 impl RateLimited {
-    pub(crate) fn new(retry_after: Option<Duration>) -> Self {
-        Self { retry_after }
+    pub(crate) fn new(decision: Option<Decision>) -> Self {
+        Self {
+            decision,
+            missing_key: false,
+        }
     }
 
-    /// How long until the same request could be admitted; `None` when it
-    /// never can, because its cost is larger than the quota.
+    pub(crate) fn missing_key() -> Self {
+        Self {
+            decision: None,
+            missing_key: true,
+        }
+    }
+
+    /// How long until the same request could be admitted; `None` when no
+    /// time is known: it never can (its cost is larger than the quota), a
+    /// concurrency policy is full, or the request had no key.
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        self.decision.as_ref().and_then(Decision::retry_after)
+    }
+
+    /// The store's decision, when the store was asked (not for a request
+    /// turned away for having no key).
+    #[must_use]
+    pub fn decision(&self) -> Option<&Decision> {
+        self.decision.as_ref()
+    }
+
+    /// Whether the request was turned away for having no key (see
+    /// [`reject_missing_key`](crate::RateLimitLayerBuilder::reject_missing_key)).
+    #[must_use]
+    pub fn is_missing_key(&self) -> bool {
+        self.missing_key
     }
 }
 
 impl fmt::Display for RateLimited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.retry_after {
-            Some(d) => write!(f, "rate limited; retry after {d:?}"),
-            None => f.write_str("rate limited; the request's cost exceeds the quota"),
+        match &self.decision {
+            _ if self.missing_key => f.write_str("rate limited; the request has no rate limit key"),
+            Some(d) if d.is_busy() => {
+                f.write_str("rate limited; too many requests in flight, retry once one completes")
+            }
+            Some(d) => match d.retry_after() {
+                Some(wait) => write!(f, "rate limited; retry after {wait:?}"),
+                None => f.write_str("rate limited; the request's cost exceeds the quota"),
+            },
+            None => f.write_str("rate limited"),
         }
     }
 }
 
 impl StdError for RateLimited {}
+
+/// Why a [`RateLimiter`](crate::RateLimiter) call did not admit.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AcquireError {
+    /// Turned away: the cost can never fit, the earliest slot is beyond
+    /// the limiter's longest wait, or (for a permit) none came free within
+    /// it. Nothing was spent.
+    Limited(RateLimited),
+    /// The store could not decide.
+    Store(StoreError),
+    /// The limiter has concurrency policies, whose units must be given
+    /// back: call [`acquire_permit`](crate::RateLimiter::acquire_permit) or
+    /// [`try_acquire_permit`](crate::RateLimiter::try_acquire_permit), whose
+    /// [`Permit`](crate::Permit) does. Nothing was asked of the store.
+    PermitRequired,
+}
+
+impl AcquireError {
+    /// The decision that turned the request away, if it was limited.
+    #[must_use]
+    pub fn decision(&self) -> Option<&Decision> {
+        match self {
+            AcquireError::Limited(l) => l.decision(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AcquireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AcquireError::Limited(l) => l.fmt(f),
+            AcquireError::Store(e) => write!(f, "rate limit store failed: {e}"),
+            AcquireError::PermitRequired => f.write_str(
+                "this limiter has concurrency policies, whose units must be given back: \
+                 use acquire_permit or try_acquire_permit",
+            ),
+        }
+    }
+}
+
+impl StdError for AcquireError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            AcquireError::Limited(l) => Some(l),
+            AcquireError::Store(e) => Some(e),
+            AcquireError::PermitRequired => None,
+        }
+    }
+}
+
+impl From<StoreError> for AcquireError {
+    fn from(e: StoreError) -> Self {
+        AcquireError::Store(e)
+    }
+}
 
 /// A key extractor could not run on a request because the service is set up
 /// wrongly: for example [`PeerIp`](crate::key::PeerIp) on a server that does

@@ -1,5 +1,5 @@
 //! The future a [`RateLimit`](crate::RateLimit) service returns:
-//! checking → (waiting →) calling, or an answer ready at once.
+//! checking → (waiting →) readying → calling, or an answer ready at once.
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -12,9 +12,10 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
+use crate::config::FailurePolicy;
 use crate::decision::Decision;
 use crate::error::StoreError;
-use crate::layer::FailurePolicy;
+use crate::limiter::{Held, PendingHold};
 use crate::response::{Respond, ResponseConfig};
 
 pin_project! {
@@ -26,11 +27,17 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, C, Result<M::Response, M::Error>>,
-        // The service made ready by `poll_ready` and the request, while a
-        // decision or a slot is awaited. Boxed: the usual path (an
+        // A clone of the inner service and the request, while a decision
+        // or a slot is awaited. The clone is made ready only once the wait
+        // is over, so a waiting request holds no slot of a
+        // `ConcurrencyLimit` or `Buffer` inside. Boxed: the usual path (an
         // in-memory decision, no wait) never holds them.
         call: Option<Box<(S, Req)>>,
         decision: Option<Decision>,
+        // The concurrency units of an admitted request, and the lease they
+        // will be held under while the store decides.
+        held: Option<Held>,
+        pending: Option<PendingHold>,
         info: M::Info,
         config: Arc<ResponseConfig>,
         failure: FailurePolicy,
@@ -44,6 +51,7 @@ pin_project! {
         Checking { #[pin] check: C },
         // The timer is made on first poll, inside the runtime.
         Waiting { until: Instant, sleep: Option<Pin<Box<Sleep>>> },
+        Readying,
         Calling { #[pin] future: F },
         Done { output: Option<O> },
     }
@@ -51,7 +59,8 @@ pin_project! {
 
 /// What follows a store's answer.
 pub(crate) enum Step<O> {
-    /// Call the inner service now.
+    /// Call the inner service now (with the decision, unless the store
+    /// failed open).
     Call(Option<Decision>),
     /// Call it when the reserved slot comes.
     Wait(Decision, Duration),
@@ -109,6 +118,8 @@ where
             state,
             call: None,
             decision: None,
+            held: None,
+            pending: None,
             info,
             config,
             failure: FailurePolicy::FailOpen,
@@ -116,25 +127,29 @@ where
         }
     }
 
-    /// Waits for the store, then for a slot if one was reserved.
+    /// Waits for the store, then for a slot if one was reserved. `pending`
+    /// is the lease the check holds concurrency units under.
     pub(crate) fn checking(
         check: C,
         call: Box<(S, Req)>,
+        pending: Option<PendingHold>,
         info: M::Info,
         config: Arc<ResponseConfig>,
         failure: FailurePolicy,
     ) -> Self {
         let mut this = Self::with(State::Checking { check }, info, config);
         this.call = Some(call);
+        this.pending = pending;
         this.failure = failure;
         this
     }
 
-    /// Waits for a reserved slot, then calls.
+    /// Waits for a reserved slot, then readies the service and calls it.
     pub(crate) fn waiting(
         decision: Decision,
         wait: Duration,
         call: Box<(S, Req)>,
+        held: Option<Held>,
         info: M::Info,
         config: Arc<ResponseConfig>,
     ) -> Self {
@@ -142,6 +157,7 @@ where
         let mut this = Self::with(State::Waiting { until, sleep: None }, info, config);
         this.call = Some(call);
         this.decision = Some(decision);
+        this.held = held;
         this
     }
 
@@ -149,11 +165,13 @@ where
     pub(crate) fn calling(
         future: S::Future,
         decision: Option<Decision>,
+        held: Option<Held>,
         info: M::Info,
         config: Arc<ResponseConfig>,
     ) -> Self {
         let mut this = Self::with(State::Calling { future }, info, config);
         this.decision = decision;
+        this.held = held;
         this
     }
 
@@ -190,25 +208,32 @@ where
                     let Some(call) = this.call.as_mut() else {
                         unreachable!("`checking` holds the call")
                     };
-                    match step::<Req, S::Response, S::Error, M>(
+                    let step = step::<Req, S::Response, S::Error, M>(
                         result,
                         &mut call.1,
                         *this.info,
                         this.config,
                         *this.failure,
-                    ) {
+                    );
+                    let pending = this.pending.take();
+                    match step {
                         Step::Call(decision) => {
+                            if decision.is_some() {
+                                *this.held = pending.map(|p| p.arm(false));
+                            }
                             *this.decision = decision;
-                            let future = take_call(this.call);
-                            this.state.set(State::Calling { future });
+                            this.state.set(State::Readying);
                         }
                         Step::Wait(decision, wait) => {
+                            *this.held = pending.map(|p| p.arm(false));
                             *this.decision = Some(decision);
                             // The slot is reserved: sleeping is all that is left.
                             let until = Instant::now() + wait;
                             this.state.set(State::Waiting { until, sleep: None });
                         }
                         Step::Answer(output) => {
+                            // A turned-away request keeps neither service nor request.
+                            *this.call = None;
                             this.state.set(State::Done { output: None });
                             return Poll::Ready(output);
                         }
@@ -218,14 +243,36 @@ where
                     let sleep =
                         sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(*until)));
                     ready!(sleep.as_mut().poll(cx));
-                    let future = take_call(this.call);
+                    this.state.set(State::Readying);
+                }
+                StateProj::Readying => {
+                    let Some(call) = this.call.as_mut() else {
+                        unreachable!("a request is held until it is called")
+                    };
+                    if let Err(err) = ready!(call.0.poll_ready(cx)) {
+                        *this.call = None;
+                        this.state.set(State::Done { output: None });
+                        return Poll::Ready(Err(M::inner_error(err)));
+                    }
+                    let Some(call) = this.call.take() else {
+                        unreachable!("a request is held until it is called")
+                    };
+                    let (mut service, req) = *call;
+                    let future = service.call(req);
                     this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {
                     let output = match ready!(future.poll(cx)) {
-                        Ok(res) => Ok(M::allowed(this.config, res, this.decision.as_ref())),
+                        Ok(res) => Ok(M::allowed(
+                            this.config,
+                            res,
+                            this.decision.as_ref(),
+                            this.held.take(),
+                        )),
                         Err(err) => Err(M::inner_error(err)),
                     };
+                    // The response is complete: units still held go back.
+                    *this.held = None;
                     this.state.set(State::Done { output: None });
                     return Poll::Ready(output);
                 }
@@ -239,12 +286,4 @@ where
             }
         }
     }
-}
-
-/// Calls the held service with the held request.
-fn take_call<S: Service<Req>, Req>(call: &mut Option<Box<(S, Req)>>) -> S::Future {
-    // `checking` and `waiting`, the only ways into those states, set `call`,
-    // and it is taken once, on leaving them.
-    let (mut service, req) = *call.take().expect("the request is held until it is called");
-    service.call(req)
 }

@@ -2,64 +2,18 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tower_layer::Layer;
 
+use crate::config::{FailurePolicy, OnLimit, Shared};
 use crate::error::ConfigError;
 use crate::key::{Global, UnitCost};
+use crate::limiter::Engine;
 use crate::quota::{Policy, PolicySet};
 use crate::response::{ErrorRejection, HeaderStyle, HttpRejection, ResponseConfig};
 use crate::service::RateLimit;
 #[cfg(feature = "memory")]
 use crate::store::MemoryStore;
-
-/// What happens to a request over the limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnLimit {
-    /// Turn it away at once: `429`, or a [`RateLimited`](crate::RateLimited)
-    /// error. The default.
-    #[default]
-    Reject,
-    /// Reserve the earliest slot the policies allow and wait for it, if it
-    /// is at most `max` away; otherwise turn the request away without
-    /// spending anything.
-    ///
-    /// A waiting request holds its reservation: if it is dropped while
-    /// waiting (the client went away, a timeout fired), the slot stays
-    /// spent. Refunding it could let a later request through early under
-    /// algorithms that count by time, and a client that gives up still
-    /// asked.
-    Wait {
-        /// The longest a request may wait.
-        max: Duration,
-    },
-}
-
-/// What happens when the store cannot decide (Redis down or slow).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum FailurePolicy {
-    /// Let the request through uncounted (logged with the `tracing`
-    /// feature). The default: a rate limiter outage should not be an outage.
-    #[default]
-    FailOpen,
-    /// Turn the request away: `503 Service Unavailable` (gRPC status 14),
-    /// or the [`StoreError`](crate::StoreError) for non-HTTP services.
-    FailClosed,
-}
-
-/// The state every clone of a [`RateLimit`] service shares.
-pub(crate) struct Shared<K, St, C> {
-    pub(crate) key: K,
-    pub(crate) store: St,
-    pub(crate) cost: C,
-    pub(crate) policies: PolicySet,
-    pub(crate) on_limit: OnLimit,
-    pub(crate) reject_missing_key: bool,
-    pub(crate) failure: FailurePolicy,
-    pub(crate) config: Arc<ResponseConfig>,
-}
 
 /// Rate-limits the service it wraps. Every service it makes, and every
 /// clone of them, shares one limiter.
@@ -94,7 +48,7 @@ impl<K, St, C, M> Clone for RateLimitLayer<K, St, C, M> {
 impl<K, St, C, M> fmt::Debug for RateLimitLayer<K, St, C, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
-            .field("policies", &self.shared.policies.policies())
+            .field("policies", &self.shared.engine.policies.policies())
             .field("on_limit", &self.shared.on_limit)
             .finish_non_exhaustive()
     }
@@ -113,13 +67,13 @@ impl<K, St, C, M> RateLimitLayer<K, St, C, M> {
     /// The layer's policies.
     #[must_use]
     pub fn policies(&self) -> &PolicySet {
-        &self.shared.policies
+        &self.shared.engine.policies
     }
 
     /// The store the layer decides with.
     #[must_use]
     pub fn store(&self) -> &St {
-        &self.shared.store
+        &self.shared.engine.store
     }
 }
 
@@ -150,6 +104,7 @@ struct Settings {
     reject_missing_key: bool,
     failure: FailurePolicy,
     attach_decision: bool,
+    hold_until_body_end: bool,
 }
 
 impl<K: fmt::Debug, St, C, M> fmt::Debug for RateLimitLayerBuilder<K, St, C, M> {
@@ -172,6 +127,7 @@ impl<St> RateLimitLayerBuilder<Global, St> {
                 reject_missing_key: false,
                 failure: FailurePolicy::FailOpen,
                 attach_decision: true,
+                hold_until_body_end: false,
             },
             key: Global,
             store,
@@ -407,6 +363,26 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
         self
     }
 
+    /// Holds the units of [`Concurrency`](crate::Algorithm::Concurrency)
+    /// policies until the response body has been sent (or dropped), not
+    /// only until the inner service has produced the response: for
+    /// streaming responses, whose work goes on while the body is written.
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .policy(Policy::concurrency("streams", 100))
+    ///     .hold_permits_until_body_end()
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn hold_permits_until_body_end(mut self) -> Self {
+        self.settings.hold_until_body_end = true;
+        self
+    }
+
     /// Checks the configuration and makes the layer.
     ///
     /// # Errors
@@ -414,19 +390,22 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
     /// A [`ConfigError`] naming the field: no policies, two policies with one
     /// name, a zero limit, period or burst, a burst on a window algorithm,
     /// numbers too large to count exactly.
-    pub fn build(self) -> Result<RateLimitLayer<K, St, C, M>, ConfigError> {
+    pub fn build(self) -> Result<RateLimitLayer<K, St, C, M>, ConfigError>
+    where
+        St: crate::store::Store,
+    {
         let policies = PolicySet::new(self.settings.policies)?;
         let config = Arc::new(ResponseConfig::new(
             self.settings.headers,
             &policies,
             self.settings.attach_decision,
+            self.settings.hold_until_body_end,
         ));
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {
                 key: self.key,
-                store: self.store,
                 cost: self.cost,
-                policies,
+                engine: Arc::new(Engine::new(self.store, policies)),
                 on_limit: self.settings.on_limit,
                 reject_missing_key: self.settings.reject_missing_key,
                 failure: self.settings.failure,

@@ -6,19 +6,25 @@
 
 pub mod algorithm;
 pub mod clock;
+mod config;
 mod decision;
 mod error;
 pub mod future;
 pub mod key;
 mod layer;
+pub mod limiter;
 mod quota;
 pub mod response;
 mod service;
 pub mod store;
 
+pub use config::{FailurePolicy, OnLimit};
 pub use decision::{Decision, PolicyDecision};
-pub use error::{BoxError, ConfigError, KeyError, RateLimited, StoreError, StoreErrorKind};
-pub use layer::{FailurePolicy, OnLimit, RateLimitLayer, RateLimitLayerBuilder};
+pub use error::{
+    AcquireError, BoxError, ConfigError, KeyError, RateLimited, StoreError, StoreErrorKind,
+};
+pub use layer::{RateLimitLayer, RateLimitLayerBuilder};
+pub use limiter::{Permit, RateLimiter, RateLimiterBuilder};
 pub use quota::{Algorithm, Policy, PolicySet, Quota};
 pub use response::HeaderStyle;
 pub use service::RateLimit;

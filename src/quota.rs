@@ -7,6 +7,13 @@ use std::time::Duration;
 use crate::clock::duration_micros;
 use crate::error::ConfigError;
 
+/// The lease of [`Policy::concurrency`].
+pub(crate) const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// The most a concurrency policy may hold: Redis counts its permits one
+/// lease member per unit.
+pub(crate) const MAX_CONCURRENCY: u64 = 100_000;
+
 /// The largest integer every number in a decision must stay below, so the
 /// Redis scripts (whose numbers are doubles) compute exactly what Rust does.
 pub(crate) const MAX_EXACT: u64 = 1 << 53;
@@ -266,6 +273,34 @@ pub enum Algorithm {
     /// assert_eq!(admitted(&set, &mut state, 1_500_000, 20), 5);
     /// ```
     SlidingWindowCounter,
+    /// At most `limit` units in flight at once, across every instance: a
+    /// distributed semaphore rather than a rate. A request takes its cost
+    /// when admitted and gives it back when it completes (in the layer:
+    /// when the inner service's response future finishes or is dropped;
+    /// with [`RateLimiter`](crate::RateLimiter): when the
+    /// [`Permit`](crate::Permit) is dropped or released).
+    ///
+    /// The quota's period is the *lease*: in Redis every permit is a lease
+    /// that its holder renews while it runs, so the permits of an instance
+    /// that crashed come back once their lease runs out.
+    /// [`Policy::concurrency`] sets a 30 s lease. A full policy names no
+    /// retry time ([`Decision::is_busy`](crate::Decision::is_busy)).
+    ///
+    /// ```
+    /// use tower_ratelimit::algorithm::{decide, release};
+    /// use tower_ratelimit::{Algorithm, Policy, PolicySet, Quota};
+    ///
+    /// let set = PolicySet::new(vec![Policy::concurrency("in-flight", 2)]).unwrap();
+    /// assert_eq!(set.policies()[0].get_algorithm(), Algorithm::Concurrency);
+    /// let mut state = vec![None];
+    /// assert!(decide(&set, &mut state, 0, 1, None).is_allowed());
+    /// assert!(decide(&set, &mut state, 0, 1, None).is_allowed());
+    /// let third = decide(&set, &mut state, 0, 1, None);
+    /// assert!(third.is_busy());
+    /// release(&set, &mut state, 1); // one completes
+    /// assert!(decide(&set, &mut state, 0, 1, None).is_allowed());
+    /// ```
+    Concurrency,
 }
 
 impl Algorithm {
@@ -274,10 +309,30 @@ impl Algorithm {
     /// ```
     /// use tower_ratelimit::Algorithm;
     ///
-    /// assert_eq!(Algorithm::ALL.len(), 7);
+    /// assert_eq!(Algorithm::ALL.len(), 8);
     /// assert_eq!(Algorithm::ALL[0], Algorithm::default());
     /// ```
-    pub const ALL: [Algorithm; 7] = [
+    pub const ALL: [Algorithm; 8] = [
+        Algorithm::Gcra,
+        Algorithm::TokenBucket,
+        Algorithm::GreedyTokenBucket,
+        Algorithm::LeakyBucket,
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindowLog,
+        Algorithm::SlidingWindowCounter,
+        Algorithm::Concurrency,
+    ];
+
+    /// The algorithms that limit a rate: every one but
+    /// [`Concurrency`](Algorithm::Concurrency).
+    ///
+    /// ```
+    /// use tower_ratelimit::Algorithm;
+    ///
+    /// assert!(!Algorithm::RATES.contains(&Algorithm::Concurrency));
+    /// assert_eq!(Algorithm::RATES.len() + 1, Algorithm::ALL.len());
+    /// ```
+    pub const RATES: [Algorithm; 7] = [
         Algorithm::Gcra,
         Algorithm::TokenBucket,
         Algorithm::GreedyTokenBucket,
@@ -298,6 +353,7 @@ impl Algorithm {
             Algorithm::FixedWindow => "fixed_window",
             Algorithm::SlidingWindowLog => "sliding_window_log",
             Algorithm::SlidingWindowCounter => "sliding_window_counter",
+            Algorithm::Concurrency => "concurrency",
         }
     }
 
@@ -342,6 +398,26 @@ impl Policy {
             quota,
             algorithm: Algorithm::Gcra,
         }
+    }
+
+    /// At most `limit` requests in flight at once
+    /// ([`Algorithm::Concurrency`]), with a lease of 30 s: a permit whose
+    /// holder stops renewing it (a crashed instance) comes back after at most
+    /// that long. For another lease, give the quota yourself:
+    /// `Policy::new(name, Quota::new(limit, lease)).algorithm(Algorithm::Concurrency)`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_ratelimit::{Algorithm, Policy};
+    ///
+    /// let p = Policy::concurrency("in-flight", 4);
+    /// assert_eq!(p.get_algorithm(), Algorithm::Concurrency);
+    /// assert_eq!(p.quota().limit(), 4);
+    /// assert_eq!(p.quota().period(), Duration::from_secs(30));
+    /// ```
+    #[must_use]
+    pub fn concurrency(name: impl Into<String>, limit: u64) -> Self {
+        Self::new(name, Quota::new(limit, DEFAULT_LEASE)).algorithm(Algorithm::Concurrency)
     }
 
     /// Counts with `algorithm` instead.
@@ -416,7 +492,7 @@ impl Params {
                 return Err(err(
                     "burst",
                     format!(
-                        "does not apply to {}: window algorithms admit exactly `limit` per window",
+                        "does not apply to {}: it admits exactly `limit` at once",
                         algorithm.as_str()
                     ),
                 ));
@@ -452,6 +528,23 @@ impl Params {
                 format!(
                     "overflows: burst × period / gcd(period, limit) = {burst} × {unit} must stay below 2^53; \
                      choose a limit that divides the period in µs more evenly, or a smaller burst"
+                ),
+            ));
+        }
+        if algorithm == Algorithm::Concurrency && q.limit > MAX_CONCURRENCY {
+            return Err(err(
+                "limit",
+                format!(
+                    "is too large for a concurrency policy: at most {MAX_CONCURRENCY} in flight"
+                ),
+            ));
+        }
+        if algorithm == Algorithm::Concurrency && period < 1_000 {
+            return Err(err(
+                "period",
+                format!(
+                    "is the lease of a concurrency policy and must be at least 1ms (got {:?})",
+                    q.period
                 ),
             ));
         }

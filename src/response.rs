@@ -21,7 +21,8 @@ use pin_project_lite::pin_project;
 
 use crate::decision::Decision;
 use crate::error::{BoxError, KeyError, RateLimited, StoreError};
-use crate::quota::PolicySet;
+use crate::limiter::Held;
+use crate::quota::{Algorithm, PolicySet};
 
 /// Which rate-limit headers responses carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,26 +54,32 @@ pub struct ResponseConfig {
     style: HeaderStyle,
     policy_header: Option<HeaderValue>,
     pub(crate) attach_decision: bool,
+    pub(crate) hold_until_body_end: bool,
 }
 
 impl ResponseConfig {
-    pub(crate) fn new(style: HeaderStyle, policies: &PolicySet, attach_decision: bool) -> Self {
+    pub(crate) fn new(
+        style: HeaderStyle,
+        policies: &PolicySet,
+        attach_decision: bool,
+        hold_until_body_end: bool,
+    ) -> Self {
         let mut value = String::new();
         for (i, p) in policies.policies().iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
-            let _ = write!(
-                value,
-                "{sep}\"{}\";q={};w={}",
-                p.name(),
-                p.quota().limit(),
-                whole_seconds(p.quota().period())
-            );
+            let _ = write!(value, "{sep}\"{}\";q={}", p.name(), p.quota().limit());
+            // A concurrency policy has no window; its unit says what it counts.
+            let _ = match p.get_algorithm() {
+                Algorithm::Concurrency => write!(value, ";qu=\"concurrent-requests\""),
+                _ => write!(value, ";w={}", whole_seconds(p.quota().period())),
+            };
         }
         Self {
             style,
             // Names are checked to be plain ASCII, so this cannot fail.
             policy_header: HeaderValue::try_from(value).ok(),
             attach_decision,
+            hold_until_body_end,
         }
     }
 
@@ -97,8 +104,10 @@ impl ResponseConfig {
                     value.extend_from_slice(p.name().as_bytes());
                     value.extend_from_slice(b"\";r=");
                     push_u64(&mut value, p.remaining());
-                    value.extend_from_slice(b";t=");
-                    push_u64(&mut value, whole_seconds(p.reset_after()));
+                    if !p.is_concurrency() {
+                        value.extend_from_slice(b";t=");
+                        push_u64(&mut value, whole_seconds(p.reset_after()));
+                    }
                 }
                 if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
                     headers.insert(RATELIMIT.clone(), v);
@@ -150,7 +159,8 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<B> {
-        Inner { #[pin] body: B },
+        // `held`: concurrency units kept until the body is done.
+        Inner { #[pin] body: B, held: Option<Held> },
         Text { text: Option<Bytes> },
     }
 }
@@ -159,7 +169,13 @@ impl<B> ResponseBody<B> {
     /// Wraps the inner service's body.
     pub fn inner(body: B) -> Self {
         Self {
-            kind: Kind::Inner { body },
+            kind: Kind::Inner { body, held: None },
+        }
+    }
+
+    fn holding(body: B, held: Option<Held>) -> Self {
+        Self {
+            kind: Kind::Inner { body, held },
         }
     }
 
@@ -185,7 +201,14 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().kind.project() {
-            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Inner { body, held } => {
+                let frame = body.poll_frame(cx);
+                if let Poll::Ready(None) = frame {
+                    // The body is over: so is the request.
+                    *held = None;
+                }
+                frame
+            }
             KindProj::Text { text } => {
                 Poll::Ready(text.take().map(|t| Ok(Frame::data(B::Data::from(t)))))
             }
@@ -194,14 +217,14 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Inner { body, .. } => body.is_end_stream(),
             Kind::Text { text } => text.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Inner { body } => body.size_hint(),
+            Kind::Inner { body, .. } => body.size_hint(),
             Kind::Text { text } => {
                 SizeHint::with_exact(text.as_ref().map_or(0, |t| t.len() as u64))
             }
@@ -232,7 +255,12 @@ pub trait Respond<Req, Res, E>: sealed::Sealed + Send + Sync + 'static {
     #[doc(hidden)]
     fn attach(req: &mut Req, decision: &Decision);
     #[doc(hidden)]
-    fn allowed(cfg: &ResponseConfig, res: Res, decision: Option<&Decision>) -> Self::Response;
+    fn allowed(
+        cfg: &ResponseConfig,
+        res: Res,
+        decision: Option<&Decision>,
+        held: Option<Held>,
+    ) -> Self::Response;
     #[doc(hidden)]
     fn rejected(
         cfg: &ResponseConfig,
@@ -311,8 +339,10 @@ impl<ReqBody, ResBody, E> Respond<http::Request<ReqBody>, http::Response<ResBody
         cfg: &ResponseConfig,
         res: http::Response<ResBody>,
         decision: Option<&Decision>,
+        held: Option<Held>,
     ) -> Self::Response {
-        let mut res = res.map(ResponseBody::inner);
+        let held = held.filter(|_| cfg.hold_until_body_end);
+        let mut res = res.map(|body| ResponseBody::holding(body, held));
         if let Some(d) = decision {
             cfg.add_headers(res.headers_mut(), d);
         }
@@ -377,12 +407,16 @@ where
 
     fn attach(_: &mut Req, _: &Decision) {}
 
-    fn allowed(_: &ResponseConfig, res: Res, _: Option<&Decision>) -> Res {
+    fn allowed(_: &ResponseConfig, res: Res, _: Option<&Decision>, _: Option<Held>) -> Res {
         res
     }
 
     fn rejected(_: &ResponseConfig, _: (), decision: Option<&Decision>) -> Result<Res, BoxError> {
-        Err(RateLimited::new(decision.and_then(Decision::retry_after)).into())
+        Err(match decision {
+            Some(d) => RateLimited::new(Some(d.clone())),
+            None => RateLimited::missing_key(),
+        }
+        .into())
     }
 
     fn key_error(_: (), err: KeyError) -> Result<Res, BoxError> {

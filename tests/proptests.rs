@@ -15,7 +15,7 @@ use tower_ratelimit::key::Key;
 use tower_ratelimit::store::Check;
 use tower_ratelimit::{Algorithm, Decision, MemoryStore, Policy, PolicySet, Quota};
 
-const ALGORITHMS: [Algorithm; 7] = Algorithm::ALL;
+const ALGORITHMS: [Algorithm; 7] = Algorithm::RATES;
 
 fn has_burst(algorithm: Algorithm) -> bool {
     matches!(

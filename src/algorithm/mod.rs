@@ -25,6 +25,7 @@
 //! assert_eq!(third.retry_after(), Some(Duration::from_millis(500)));
 //! ```
 
+mod concurrency;
 mod fixed_window;
 mod level;
 mod sliding_counter;
@@ -34,9 +35,10 @@ mod token_bucket;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::decision::{Decision, NEVER, Policies, PolicyDecision};
+use crate::decision::{BUSY, Decision, NEVER, Policies, PolicyDecision};
 use crate::quota::{Algorithm, Params, PolicySet};
 
+pub(crate) use concurrency::Concurrency;
 pub(crate) use fixed_window::FixedWindow;
 pub(crate) use level::Level;
 pub(crate) use sliding_counter::SlidingCounter;
@@ -51,6 +53,9 @@ pub(crate) enum Slot {
     /// Not now and no waiting: a shaping leaky bucket is full. A retry at
     /// `retry_at` finds room.
     QueueFull { retry_at: u64 },
+    /// Not now, at no known time: a concurrency policy is full until a
+    /// holder releases.
+    Busy,
     /// Never: the cost exceeds what the policy can ever hold.
     Never,
 }
@@ -66,6 +71,7 @@ pub(crate) enum Repr {
     FixedWindow(FixedWindow),
     SlidingLog(SlidingLog),
     SlidingCounter(SlidingCounter),
+    Concurrency(Concurrency),
 }
 
 impl State {
@@ -79,6 +85,7 @@ impl State {
             Algorithm::FixedWindow => Repr::FixedWindow(FixedWindow::fresh(p, now)),
             Algorithm::SlidingWindowLog => Repr::SlidingLog(SlidingLog::default()),
             Algorithm::SlidingWindowCounter => Repr::SlidingCounter(SlidingCounter::fresh(p, now)),
+            Algorithm::Concurrency => Repr::Concurrency(Concurrency::default()),
         })
     }
 
@@ -94,6 +101,7 @@ impl State {
             Repr::FixedWindow(s) => s.earliest(p, now, cost),
             Repr::SlidingLog(s) => s.earliest(p, now, cost),
             Repr::SlidingCounter(s) => s.earliest(p, now, cost),
+            Repr::Concurrency(s) => s.earliest(p, now, cost),
         }
     }
 
@@ -104,6 +112,7 @@ impl State {
             Repr::FixedWindow(s) => s.commit(p, t, cost),
             Repr::SlidingLog(s) => s.commit(p, t, cost),
             Repr::SlidingCounter(s) => s.commit(p, t, cost),
+            Repr::Concurrency(s) => s.commit(cost),
         }
     }
 
@@ -114,6 +123,7 @@ impl State {
             Repr::FixedWindow(s) => s.remaining(p, now),
             Repr::SlidingLog(s) => s.remaining(p, now),
             Repr::SlidingCounter(s) => s.remaining(p, now),
+            Repr::Concurrency(s) => s.remaining(p),
         }
     }
 
@@ -125,6 +135,7 @@ impl State {
             Repr::FixedWindow(s) => s.full_at(p),
             Repr::SlidingLog(s) => s.full_at(p),
             Repr::SlidingCounter(s) => s.full_at(p),
+            Repr::Concurrency(s) => s.full_at(),
         }
     }
 }
@@ -148,6 +159,90 @@ pub fn decide(
     cost: u64,
     max_wait: Option<Duration>,
 ) -> Decision {
+    let mut slots = Scratch::new(set.len(), Slot::Never);
+    fill_slots(set, states, now, cost, max_wait, slots.as_mut());
+    if let (true, Some(t)) = combine(slots.as_mut(), now, max_wait) {
+        if cost > 0 {
+            for (p, state) in set.params().iter().zip(states.iter_mut()) {
+                state
+                    .get_or_insert_with(|| State::fresh(p, now))
+                    .commit(p, t, cost);
+            }
+        }
+    }
+    finish(set, states, now, max_wait, slots.as_mut())
+}
+
+/// What [`decide`] would answer, changing nothing: the decision for a
+/// request that looks before it spends. `remaining` is what is left now.
+///
+/// ```
+/// use tower_ratelimit::algorithm::{check, decide};
+/// use tower_ratelimit::{Policy, PolicySet, Quota};
+///
+/// let set = PolicySet::new(vec![Policy::new("p", Quota::per_second(1))]).unwrap();
+/// let mut states = vec![None];
+/// assert!(check(&set, &states, 0, 1, None).is_allowed());
+/// assert!(check(&set, &states, 0, 1, None).is_allowed()); // nothing spent
+/// assert!(decide(&set, &mut states, 0, 1, None).is_allowed());
+/// assert!(!check(&set, &states, 0, 1, None).is_allowed());
+/// ```
+///
+/// # Panics
+///
+/// If `states.len() != set.len()`.
+pub fn check(
+    set: &PolicySet,
+    states: &[Option<State>],
+    now: u64,
+    cost: u64,
+    max_wait: Option<Duration>,
+) -> Decision {
+    let mut slots = Scratch::new(set.len(), Slot::Never);
+    fill_slots(set, states, now, cost, max_wait, slots.as_mut());
+    finish(set, states, now, max_wait, slots.as_mut())
+}
+
+/// Gives back `cost` units held by the concurrency policies of `set`;
+/// the other policies' states are left as they are.
+///
+/// ```
+/// use tower_ratelimit::algorithm::{decide, release};
+/// use tower_ratelimit::{Policy, PolicySet};
+///
+/// let set = PolicySet::new(vec![Policy::concurrency("in-flight", 1)]).unwrap();
+/// let mut states = vec![None];
+/// assert!(decide(&set, &mut states, 0, 1, None).is_allowed());
+/// assert!(!decide(&set, &mut states, 0, 1, None).is_allowed());
+/// release(&set, &mut states, 1);
+/// assert!(decide(&set, &mut states, 0, 1, None).is_allowed());
+/// ```
+///
+/// # Panics
+///
+/// If `states.len() != set.len()`.
+pub fn release(set: &PolicySet, states: &mut [Option<State>], cost: u64) {
+    assert_eq!(
+        states.len(),
+        set.len(),
+        "one state slot per policy in the set"
+    );
+    for state in states.iter_mut().flatten() {
+        if let Repr::Concurrency(c) = &mut state.0 {
+            c.release(cost);
+        }
+    }
+}
+
+/// Every policy's earliest slot for the request.
+fn fill_slots(
+    set: &PolicySet,
+    states: &[Option<State>],
+    now: u64,
+    cost: u64,
+    max_wait: Option<Duration>,
+    slots: &mut [Slot],
+) {
     let params = set.params();
     assert_eq!(
         states.len(),
@@ -155,17 +250,7 @@ pub fn decide(
         "one state slot per policy in the set"
     );
     let shaping = max_wait.is_some();
-
-    // Per-request scratch lives on the stack for the usual few policies.
-    let n = params.len();
-    let (mut slot_buf, mut slot_vec) = ([Slot::Never; INLINE], Vec::new());
-    let slots: &mut [Slot] = if n <= INLINE {
-        &mut slot_buf[..n]
-    } else {
-        slot_vec.resize(n, Slot::Never);
-        &mut slot_vec
-    };
-    for ((p, state), slot) in params.iter().zip(states.iter()).zip(slots.iter_mut()) {
+    for ((p, state), slot) in params.iter().zip(states).zip(slots.iter_mut()) {
         *slot = if cost == 0 {
             Slot::At(now)
         } else {
@@ -175,30 +260,47 @@ pub fn decide(
             }
         };
     }
+}
 
-    if let (true, Some(t)) = combine(slots, now, max_wait) {
-        if cost > 0 {
-            for (p, state) in params.iter().zip(states.iter_mut()) {
-                state
-                    .get_or_insert_with(|| State::fresh(p, now))
-                    .commit(p, t, cost);
-            }
-        }
-    }
-    let (mut after_buf, mut after_vec) = ([(0, 0); INLINE], Vec::new());
-    let after: &mut [(u64, u64)] = if n <= INLINE {
-        &mut after_buf[..n]
-    } else {
-        after_vec.resize(n, (0, 0));
-        &mut after_vec
-    };
-    for ((p, state), out) in params.iter().zip(states.iter()).zip(after.iter_mut()) {
+/// The decision, from the slots and the states as they stand.
+fn finish(
+    set: &PolicySet,
+    states: &[Option<State>],
+    now: u64,
+    max_wait: Option<Duration>,
+    slots: &[Slot],
+) -> Decision {
+    let mut after = Scratch::new(set.len(), (0, 0));
+    for ((p, state), out) in set.params().iter().zip(states).zip(after.as_mut()) {
         *out = match state {
             Some(s) => (s.remaining(p, now), s.full_at(p)),
             None => (p.burst, now),
         };
     }
-    assemble(set, now, max_wait, slots, after)
+    assemble(set, now, max_wait, slots, after.as_mut())
+}
+
+/// Per-request scratch: on the stack for the usual few policies.
+enum Scratch<T> {
+    Inline([T; INLINE], usize),
+    Heap(Vec<T>),
+}
+
+impl<T: Copy> Scratch<T> {
+    fn new(n: usize, fill: T) -> Self {
+        if n <= INLINE {
+            Scratch::Inline([fill; INLINE], n)
+        } else {
+            Scratch::Heap(vec![fill; n])
+        }
+    }
+
+    fn as_mut(&mut self) -> &mut [T] {
+        match self {
+            Scratch::Inline(buf, n) => &mut buf[..*n],
+            Scratch::Heap(v) => v,
+        }
+    }
 }
 
 /// Policies whose scratch space fits on the stack.
@@ -209,18 +311,22 @@ const INLINE: usize = 4;
 fn combine(slots: &[Slot], now: u64, max_wait: Option<Duration>) -> (bool, Option<u64>) {
     let max_wait = max_wait.map_or(0, crate::clock::duration_micros);
     let mut at = Some(now);
-    let mut queue_full = false;
+    let mut blocked = false;
     for slot in slots {
         at = match (*slot, at) {
             (Slot::At(t), Some(a)) => Some(a.max(t)),
             (Slot::QueueFull { retry_at }, Some(a)) => {
-                queue_full = true;
+                blocked = true;
                 Some(a.max(retry_at))
+            }
+            (Slot::Busy, a) => {
+                blocked = true;
+                a
             }
             _ => None,
         };
     }
-    let allowed = matches!(at, Some(t) if !queue_full && t - now <= max_wait);
+    let allowed = matches!(at, Some(t) if !blocked && t - now <= max_wait);
     (allowed, at)
 }
 
@@ -240,16 +346,23 @@ pub(crate) fn assemble(
         let retry_after = match slots[i] {
             Slot::At(t) => t.saturating_sub(now),
             Slot::QueueFull { retry_at } => retry_at.saturating_sub(now),
+            Slot::Busy => BUSY,
             Slot::Never => NEVER,
         };
         PolicyDecision {
             name: Arc::clone(set.policies()[i].shared_name()),
             allowed: allowed || retry_after == 0,
+            concurrency: p.algorithm == Algorithm::Concurrency,
             limit: p.limit,
             period: p.period,
             remaining,
             retry_after,
-            reset_after: full_at.saturating_sub(now),
+            // Units in flight come back when released, at no known time.
+            reset_after: if p.algorithm == Algorithm::Concurrency {
+                0
+            } else {
+                full_at.saturating_sub(now)
+            },
         }
     };
     let policies = if set.len() == 1 {
@@ -257,7 +370,15 @@ pub(crate) fn assemble(
     } else {
         Policies::Many((0..set.len()).map(policy).collect())
     };
-    Decision::new(allowed, now, at.map_or(NEVER, |t| t - now), policies)
+    let busy = slots.contains(&Slot::Busy);
+    let gap = match at {
+        None => NEVER,
+        // Admitted, or a rate policy names a time: the concurrency policy
+        // may have room by then, but only a retry can tell.
+        Some(t) if !busy => t - now,
+        Some(_) => BUSY,
+    };
+    Decision::new(allowed, now, gap, policies)
 }
 
 /// When every state in `states` is back to full, in µs: the time after

@@ -15,4 +15,8 @@ impl<Req> KeyExtractor<Req> for Global {
     fn extract(&self, _: &Req) -> Result<Option<Key>, KeyError> {
         Ok(Some(Key::global()))
     }
+
+    fn fixed(&self) -> Option<Key> {
+        Some(Key::global())
+    }
 }

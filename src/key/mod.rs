@@ -42,6 +42,14 @@ pub trait KeyExtractor<Req>: Send + Sync + 'static {
     /// The request's key, `None` if it has none, or an error if the
     /// extractor cannot work on this service.
     fn extract(&self, req: &Req) -> Result<Option<Key>, KeyError>;
+
+    /// The key of every request, when it does not depend on the request
+    /// (as for [`Global`]). A layer in [`OnLimit::Wait`](crate::OnLimit::Wait)
+    /// mode with a fixed key and cost reserves the next slot in
+    /// `poll_ready`, pacing its caller by backpressure. Default: `None`.
+    fn fixed(&self) -> Option<Key> {
+        None
+    }
 }
 
 impl<F, Req, K> KeyExtractor<Req> for F
@@ -187,6 +195,12 @@ impl From<Ipv6Addr> for Key {
 pub trait Cost<Req>: Send + Sync + 'static {
     /// The request's cost.
     fn cost(&self, req: &Req) -> u64;
+
+    /// The cost of every request, when it does not depend on the request
+    /// (as for [`UnitCost`]); see [`KeyExtractor::fixed`]. Default: `None`.
+    fn fixed(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl<F, Req> Cost<Req> for F
@@ -205,5 +219,9 @@ pub struct UnitCost;
 impl<Req> Cost<Req> for UnitCost {
     fn cost(&self, _: &Req) -> u64 {
         1
+    }
+
+    fn fixed(&self) -> Option<u64> {
+        Some(1)
     }
 }

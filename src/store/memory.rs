@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hashbrown::HashTable;
 
-use super::{Check, Store};
+use super::{Check, Op, Store};
 use crate::algorithm::{self, State};
 use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
@@ -68,10 +68,17 @@ struct Slot {
 
 /// The states of one key, one per policy: its name and the fingerprint of
 /// its algorithm and quota, so a differently configured policy of the same
-/// name never reads this state.
+/// name never reads this state, and when each state is full again.
 struct Entry {
-    names: Vec<(Arc<str>, u64)>,
+    names: Vec<Name>,
     states: Vec<Option<State>>,
+    /// The latest of the states' `full_at`: from then on the entry can go.
+    full_at: u64,
+}
+
+struct Name {
+    name: Arc<str>,
+    fingerprint: u64,
     full_at: u64,
 }
 
@@ -211,13 +218,41 @@ impl<C: Clock> MemoryStore<C> {
         // The table uses the low bits and the top seven; the shard the middle.
         let index = ((hash >> 32) % inner.shards.len() as u64) as usize;
         let mut shard = lock(&inner.shards[index]);
+        let max_wait = check.get_max_wait();
+        let cost = check.cost();
 
+        let op = check.get_op();
+        if op == Op::Reset {
+            if let Ok(found) = shard.table.find_entry(hash, |s| s.key == *key) {
+                let (mut slot, _) = found.remove();
+                if slot.entry.forget(set) {
+                    shard.table.insert_unique(hash, slot, |s| s.hash);
+                }
+            }
+            return algorithm::check(set, &vec![None; set.len()], now, 0, None);
+        }
         if let Some(slot) = shard.table.find_mut(hash, |s| s.key == *key) {
-            return slot.entry.decide(set, now, check);
+            return slot.entry.with_states(set, |states| match op {
+                Op::Peek => algorithm::check(set, states, now, cost, max_wait),
+                Op::Release => {
+                    algorithm::release(set, states, cost);
+                    algorithm::check(set, states, now, 0, None)
+                }
+                // Permits in memory are counted, not leased: nothing runs out.
+                Op::Renew | Op::Reset => algorithm::check(set, states, now, 0, None),
+                Op::Acquire => algorithm::decide(set, states, now, cost, max_wait),
+            });
+        }
+        if op != Op::Acquire {
+            // Nothing is held for a key the store does not know.
+            let cost = if op == Op::Peek { cost } else { 0 };
+            return algorithm::check(set, &vec![None; set.len()], now, cost, max_wait);
         }
         let mut entry = Entry::new(set);
-        let decision = entry.decide(set, now, check);
-        if decision.is_allowed() && check.cost() > 0 {
+        let decision = entry.with_states(set, |states| {
+            algorithm::decide(set, states, now, cost, max_wait)
+        });
+        if decision.is_allowed() && cost > 0 {
             shard.make_room(now, inner.shard_cap);
             let slot = Slot {
                 hash,
@@ -283,56 +318,84 @@ impl Entry {
                 .policies()
                 .iter()
                 .zip(set.params())
-                .map(|(p, params)| (Arc::clone(p.shared_name()), params.fingerprint))
+                .map(|(p, params)| Name {
+                    name: Arc::clone(p.shared_name()),
+                    fingerprint: params.fingerprint,
+                    full_at: 0,
+                })
                 .collect(),
             states: vec![None; set.len()],
             full_at: 0,
         }
     }
 
-    fn decide(&mut self, set: &PolicySet, now: u64, check: Check<'_>) -> Decision {
-        let max_wait = check.get_max_wait();
-        let cost = check.cost();
+    /// Where policy `p` of a set keeps its state here, if it has one.
+    fn position(&self, p: &crate::Policy, fingerprint: u64) -> Option<usize> {
+        self.names
+            .iter()
+            .position(|n| n.fingerprint == fingerprint && *n.name == *p.name())
+    }
+
+    /// Runs `f` on the states of `set`'s policies, in the set's order.
+    fn with_states<R>(&mut self, set: &PolicySet, f: impl FnOnce(&mut [Option<State>]) -> R) -> R {
         let same = self.names.len() == set.len()
             && self
                 .names
                 .iter()
                 .zip(set.policies().iter().zip(set.params()))
-                .all(|((name, fp), (p, params))| {
-                    *fp == params.fingerprint
-                        && (Arc::ptr_eq(name, p.shared_name()) || **name == *p.name())
+                .all(|(n, (p, params))| {
+                    n.fingerprint == params.fingerprint
+                        && (Arc::ptr_eq(&n.name, p.shared_name()) || *n.name == *p.name())
                 });
-        let (decision, full_at) = if same {
-            let decision = algorithm::decide(set, &mut self.states, now, cost, max_wait);
-            (decision, algorithm::full_at(set, &self.states))
-        } else {
-            // Another policy set shares this key: gather its states.
-            let position = |names: &[(Arc<str>, u64)], p: &crate::Policy, fp: u64| {
-                names.iter().position(|(n, f)| *f == fp && **n == *p.name())
-            };
-            let mut states: Vec<Option<State>> = set
-                .policies()
-                .iter()
-                .zip(set.params())
-                .map(|(p, params)| {
-                    position(&self.names, p, params.fingerprint).and_then(|i| self.states[i].take())
-                })
-                .collect();
-            let decision = algorithm::decide(set, &mut states, now, cost, max_wait);
-            let full_at = algorithm::full_at(set, &states);
-            for ((p, params), state) in set.policies().iter().zip(set.params()).zip(states) {
-                match position(&self.names, p, params.fingerprint) {
-                    Some(i) => self.states[i] = state,
-                    None => {
-                        self.names
-                            .push((Arc::clone(p.shared_name()), params.fingerprint));
-                        self.states.push(state);
-                    }
+        if same {
+            let out = f(&mut self.states);
+            for ((n, state), p) in self.names.iter_mut().zip(&self.states).zip(set.params()) {
+                n.full_at = state.as_ref().map_or(0, |s| s.full_at(p));
+            }
+            self.full_at = self.names.iter().map(|n| n.full_at).max().unwrap_or(0);
+            return out;
+        }
+        // Another policy set shares this key: gather its states.
+        let mut states: Vec<Option<State>> = set
+            .policies()
+            .iter()
+            .zip(set.params())
+            .map(|(p, params)| {
+                self.position(p, params.fingerprint)
+                    .and_then(|i| self.states[i].take())
+            })
+            .collect();
+        let out = f(&mut states);
+        for ((p, params), state) in set.policies().iter().zip(set.params()).zip(states) {
+            let full_at = state.as_ref().map_or(0, |s| s.full_at(params));
+            match self.position(p, params.fingerprint) {
+                Some(i) => {
+                    self.states[i] = state;
+                    self.names[i].full_at = full_at;
+                }
+                None => {
+                    self.names.push(Name {
+                        name: Arc::clone(p.shared_name()),
+                        fingerprint: params.fingerprint,
+                        full_at,
+                    });
+                    self.states.push(state);
                 }
             }
-            (decision, full_at)
-        };
-        self.full_at = self.full_at.max(full_at);
-        decision
+        }
+        self.full_at = self.names.iter().map(|n| n.full_at).max().unwrap_or(0);
+        out
+    }
+
+    /// Forgets the states of `set`'s policies; `true` if others remain.
+    fn forget(&mut self, set: &PolicySet) -> bool {
+        for (p, params) in set.policies().iter().zip(set.params()) {
+            if let Some(i) = self.position(p, params.fingerprint) {
+                self.names.swap_remove(i);
+                self.states.swap_remove(i);
+            }
+        }
+        self.full_at = self.names.iter().map(|n| n.full_at).max().unwrap_or(0);
+        !self.names.is_empty()
     }
 }

@@ -24,6 +24,27 @@ use crate::error::StoreError;
 use crate::key::Key;
 use crate::quota::PolicySet;
 
+/// What a [`Check`] asks of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Op {
+    /// Decide, and charge every policy when admitted (the default).
+    #[default]
+    Acquire,
+    /// Decide, changing nothing: what [`Acquire`](Op::Acquire) would answer
+    /// now.
+    Peek,
+    /// Give back the units the check's [lease](Check::lease) holds on the
+    /// concurrency policies. Other policies are not touched.
+    Release,
+    /// Extend the check's lease on the concurrency policies by each one's
+    /// lease time. The decision is rejected when the lease is gone (it ran
+    /// out, or the key was reset): its units are no longer held.
+    Renew,
+    /// Forget the key's state for every policy.
+    Reset,
+}
+
 /// One request to decide.
 #[derive(Debug, Clone, Copy)]
 pub struct Check<'a> {
@@ -32,6 +53,8 @@ pub struct Check<'a> {
     cost: u64,
     max_wait: Option<Duration>,
     at_micros: Option<u64>,
+    op: Op,
+    lease: u64,
 }
 
 impl<'a> Check<'a> {
@@ -45,7 +68,26 @@ impl<'a> Check<'a> {
             cost,
             max_wait: None,
             at_micros: None,
+            op: Op::Acquire,
+            lease: 0,
         }
+    }
+
+    /// Asks for `op` instead of [`Op::Acquire`].
+    #[must_use]
+    pub fn op(mut self, op: Op) -> Self {
+        self.op = op;
+        self
+    }
+
+    /// The id under which concurrency policies hold this check's units:
+    /// given with [`Op::Acquire`], then with [`Op::Renew`] and
+    /// [`Op::Release`]. Ids must be unique among a key's holders (the
+    /// limiter draws them at random).
+    #[must_use]
+    pub fn lease(mut self, id: u64) -> Self {
+        self.lease = id;
+        self
     }
 
     /// Wait mode: the request may take a slot up to `max` ahead.
@@ -92,6 +134,18 @@ impl<'a> Check<'a> {
     pub fn get_at_micros(&self) -> Option<u64> {
         self.at_micros
     }
+
+    /// What is asked.
+    #[must_use]
+    pub fn get_op(&self) -> Op {
+        self.op
+    }
+
+    /// The lease id (0 when none was given).
+    #[must_use]
+    pub fn get_lease(&self) -> u64 {
+        self.lease
+    }
 }
 
 /// Decides requests atomically and keeps the state.
@@ -99,7 +153,12 @@ impl<'a> Check<'a> {
 /// Implementations must decide a whole [`Check`] at once: either every
 /// policy admits and all are charged, or none is. The functions in
 /// [`algorithm`](crate::algorithm) do the deciding; a store supplies state,
-/// a lock and a clock.
+/// a lock and a clock. A check's [`Op`] says what is asked: to acquire
+/// ([`algorithm::decide`](crate::algorithm::decide)), to peek
+/// ([`algorithm::check`](crate::algorithm::check)), to release or renew a
+/// concurrency lease ([`algorithm::release`](crate::algorithm::release)),
+/// or to reset the key. Answers to `Release` and `Reset` are admitted
+/// decisions describing the state after them.
 pub trait Store: Send + Sync + 'static {
     /// The answer, which owns everything it needs.
     type Future: Future<Output = Result<Decision, StoreError>> + Send + 'static;

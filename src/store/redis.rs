@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
 
-use super::{Check, Store};
+use super::{Check, Op, Store};
 use crate::algorithm::{self, Slot};
 use crate::clock::duration_micros;
 use crate::decision::Decision;
@@ -29,6 +29,7 @@ const SCRIPT: &str = concat!(
     include_str!("../../lua/fixed_window.lua"),
     include_str!("../../lua/sliding_window_log.lua"),
     include_str!("../../lua/sliding_window_counter.lua"),
+    include_str!("../../lua/concurrency.lua"),
     include_str!("../../lua/decide.lua"),
 );
 
@@ -302,6 +303,7 @@ impl Store for RedisStore {
         }
         let set = check.policies().clone();
         let max_wait = check.get_max_wait();
+        let op = check.get_op();
         let (evalsha, eval) = commands(&inner, &check);
         let mut conn = self.conn.clone();
         Box::pin(async move {
@@ -315,7 +317,7 @@ impl Store for RedisStore {
                 }
             };
             let result = match tokio::time::timeout(inner.timeout, call).await {
-                Ok(Ok(value)) => parse(&set, max_wait, value),
+                Ok(Ok(value)) => parse(&set, op, max_wait, value),
                 Ok(Err(e)) => Err(store_error(e)),
                 Err(_) => Err(StoreError::new(
                     StoreErrorKind::Timeout,
@@ -344,12 +346,23 @@ fn commands(inner: &Inner, check: &Check<'_>) -> (Cmd, Cmd) {
             .get_at_micros()
             .map_or(String::new(), |t| t.to_string()),
     );
+    args.push(
+        match check.get_op() {
+            Op::Acquire => "a",
+            Op::Peek => "p",
+            Op::Release => "r",
+            Op::Renew => "n",
+            Op::Reset => "x",
+        }
+        .to_owned(),
+    );
     args.push(check.cost().to_string());
     args.push(
         check
             .get_max_wait()
             .map_or("-1".to_owned(), |d| duration_micros(d).to_string()),
     );
+    args.push(check.get_lease().to_string());
     for p in set.params() {
         args.push(algorithm_id(p.algorithm).to_string());
         for n in [p.limit, p.period, p.burst, p.unit, p.drain] {
@@ -405,11 +418,13 @@ fn algorithm_id(a: Algorithm) -> u8 {
         Algorithm::FixedWindow => 5,
         Algorithm::SlidingWindowLog => 6,
         Algorithm::SlidingWindowCounter => 7,
+        Algorithm::Concurrency => 8,
     }
 }
 
 fn parse(
     set: &PolicySet,
+    op: Op,
     max_wait: Option<Duration>,
     value: Value,
 ) -> Result<Decision, StoreError> {
@@ -432,12 +447,16 @@ fn parse(
         slots.push(match chunk[0] {
             0 => Slot::At(t),
             1 => Slot::QueueFull { retry_at: t },
+            3 => Slot::Busy,
             _ => Slot::Never,
         });
         let full_at = if chunk[3] < 0 { now } else { uint(chunk[3])? };
         states.push((uint(chunk[2])?, full_at));
     }
     let decision = algorithm::assemble(set, now, max_wait, &slots, &states);
+    if op == Op::Renew && v[1] == 0 {
+        return Ok(decision.into_lost());
+    }
     if decision.is_allowed() != (v[1] == 1) {
         return Err(bad(
             "the rate limit script and the crate disagree on the decision".into(),
