@@ -8,7 +8,7 @@
 //! `grpc-status: 8` (`RESOURCE_EXHAUSTED`). Other services return a
 //! [`RateLimited`] error, boxed.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -162,6 +162,27 @@ pin_project! {
         // `held`: concurrency units kept until the body is done.
         Inner { #[pin] body: B, held: Option<Held> },
         Text { text: Option<Bytes> },
+    }
+}
+
+impl<B: Default> Default for ResponseBody<B> {
+    /// The inner body type's default: what tower-http's `Cors`, `Timeout`
+    /// and others answer with when they answer for the service.
+    fn default() -> Self {
+        Self::inner(B::default())
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Inner { body, held } => f
+                .debug_struct("ResponseBody")
+                .field("inner", body)
+                .field("holds_permit", &held.is_some())
+                .finish(),
+            Kind::Text { text } => f.debug_struct("ResponseBody").field("text", text).finish(),
+        }
     }
 }
 

@@ -183,3 +183,33 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 }
+
+/// A two-worker runtime for tests that drive Redis from many tasks.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A store on `server` with a generous deadline: a loaded test machine is
+/// not a failing Redis.
+#[cfg(feature = "redis")]
+pub async fn redis_store(server: &RedisServer) -> tower_ratelimit::store::RedisStore {
+    tower_ratelimit::store::RedisStore::builder()
+        .timeout(Duration::from_secs(5))
+        .connect(&server.url())
+        .await
+        .unwrap()
+}
+
+/// A store on `cluster`, as [`redis_store`].
+#[cfg(feature = "redis-cluster")]
+pub async fn cluster_store(cluster: &RedisCluster) -> tower_ratelimit::store::RedisStore {
+    tower_ratelimit::store::RedisStore::builder()
+        .timeout(Duration::from_secs(5))
+        .connect_cluster(cluster.urls())
+        .await
+        .unwrap()
+}
