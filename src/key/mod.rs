@@ -8,6 +8,10 @@
 //! `Err` means the extractor cannot work on this service at all, such as
 //! [`PeerIp`] on a server that does not record peer addresses.
 //!
+//! By address: [`PeerIp`] keys by the connection's peer; behind proxies or a
+//! load balancer, [`ClientIp`] keys by the client they report, believing
+//! them only when the peer is one of the proxies it is told to trust.
+//!
 //! Any closure `Fn(&Req) -> Option<K>` with `K: Into<Key>` is an extractor:
 //!
 //! ```
@@ -23,16 +27,22 @@
 //! assert_eq!(by_user.extract(&req).unwrap(), Some(Key::from("42")));
 //! ```
 
+mod client_ip;
+mod forwarded;
 mod global;
 mod header;
+mod ip;
+mod ip_net;
 mod peer_ip;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+pub use client_ip::{ClientIp, ProxyHeader};
 pub use global::Global;
 pub use header::Header;
+pub use ip_net::{IpNet, IpNetError};
 pub use peer_ip::PeerIp;
 
 use crate::error::KeyError;

@@ -1,17 +1,16 @@
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-
+use super::ip::{self, no_peer};
 use super::{Key, KeyExtractor};
 use crate::error::KeyError;
 
 /// The IP address of the connection's peer, from axum's
-/// `ConnectInfo<SocketAddr>` (feature `axum`) or a `SocketAddr` request
-/// extension.
+/// `ConnectInfo<SocketAddr>` (feature `axum`), tonic's `TcpConnectInfo`
+/// (feature `tonic`) or a `SocketAddr` request extension.
 ///
 /// IPv6 addresses are grouped by their leading bits (a /64 by default),
 /// since one client usually holds a whole /64.
 ///
 /// Behind a proxy or load balancer every request has the proxy's address;
-/// limit by a header the proxy sets instead.
+/// use [`ClientIp`](super::ClientIp), which reads the header the proxy sets.
 ///
 /// With axum, serve with connect info, or every request is answered `500`
 /// with a message saying so:
@@ -24,6 +23,11 @@ use crate::error::KeyError;
 ///     .unwrap();
 /// # }
 /// ```
+///
+/// With tonic, `Server` records the peer in `TcpConnectInfo`, which is read
+/// with the `tonic` feature. Its TLS connections record `TlsConnectInfo`
+/// instead, which is not: there, insert the peer's `SocketAddr` into the
+/// request's extensions in a layer in front of this one.
 ///
 /// ```
 /// use std::net::SocketAddr;
@@ -39,9 +43,7 @@ pub struct PeerIp {
     ipv6_prefix: u8,
 }
 
-const NO_PEER: &str = "PeerIp found no peer address on the request: serve with \
-    `into_make_service_with_connect_info::<SocketAddr>()` (axum, with the `axum` feature \
-    of tower-ratelimit) or insert the peer's `SocketAddr` into the request's extensions";
+const NO_PEER: &str = no_peer!("PeerIp");
 
 impl PeerIp {
     /// Keys by peer address, IPv6 grouped by /64.
@@ -56,20 +58,6 @@ impl PeerIp {
         self.ipv6_prefix = if bits > 128 { 128 } else { bits };
         self
     }
-
-    fn group(&self, ip: IpAddr) -> IpAddr {
-        match ip {
-            IpAddr::V4(_) => ip,
-            IpAddr::V6(v6) => {
-                if let Some(v4) = v6.to_ipv4_mapped() {
-                    return IpAddr::V4(v4);
-                }
-                let bits = u32::from(self.ipv6_prefix);
-                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
-                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
-            }
-        }
-    }
 }
 
 impl Default for PeerIp {
@@ -80,14 +68,7 @@ impl Default for PeerIp {
 
 impl<B> KeyExtractor<http::Request<B>> for PeerIp {
     fn extract(&self, req: &http::Request<B>) -> Result<Option<Key>, KeyError> {
-        let ext = req.extensions();
-        #[cfg(feature = "axum")]
-        if let Some(info) = ext.get::<axum::extract::ConnectInfo<SocketAddr>>() {
-            return Ok(Some(Key::from(self.group(info.0.ip()))));
-        }
-        match ext.get::<SocketAddr>() {
-            Some(addr) => Ok(Some(Key::from(self.group(addr.ip())))),
-            None => Err(KeyError::new(NO_PEER)),
-        }
+        let peer = ip::peer_ip(req.extensions()).ok_or(KeyError::new(NO_PEER))?;
+        Ok(Some(Key::from(ip::group(peer, self.ipv6_prefix))))
     }
 }
