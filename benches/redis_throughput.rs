@@ -24,7 +24,7 @@
 //! - `decide hot key` / `lean hot key`: every task on one key;
 //! - `decide blocked` / `lean blocked`: one key whose quota (1/day) is spent,
 //!   so every call is denied and nothing is written;
-//! - then, at 16 tasks, each of `Algorithm::ALL` as one policy over the
+//! - then, at 16 tasks, each of `Algorithm::RATES` as one policy over the
 //!   10,000 keys.
 //!
 //! For each it prints decisions/s, p50 and p99 latency, and where Redis
@@ -374,7 +374,7 @@ async fn bench(server: &support::RedisServer, settings: &Settings) {
         variant("decide blocked", decide_on(&spent, &blocked), false),
         variant("lean blocked", lean_on(&blocked, LEAN_SPENT), false),
     ];
-    let per_algorithm: Vec<Arc<Variant>> = Algorithm::ALL
+    let per_algorithm: Vec<Arc<Variant>> = Algorithm::RATES
         .iter()
         .map(|&a| variant(a.as_str(), decide_on(&algorithm_set(a), &spread), true))
         .collect();

@@ -68,6 +68,7 @@ impl Decision {
     }
 
     /// The same decision, rejected: a renewal found its lease gone.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn into_lost(mut self) -> Self {
         self.allowed = false;
         self.gap = NEVER;
