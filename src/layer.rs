@@ -25,7 +25,7 @@ use crate::store::MemoryStore;
 /// let layer = RateLimitLayer::builder()
 ///     .policy(Policy::new("burst", Quota::per_second(10)))
 ///     .policy(Policy::new("daily", Quota::per_day(10_000)))
-///     .key(Header(http::HeaderName::from_static("x-api-key")))
+///     .key(Header::new("x-api-key"))
 ///     .on_limit(OnLimit::Wait { max: Duration::from_millis(500) })
 ///     .build()
 ///     .expect("valid configuration");
@@ -314,7 +314,7 @@ impl<K, St, C, M> RateLimitLayerBuilder<K, St, C, M> {
     /// // No API key, no service.
     /// let layer = RateLimitLayer::builder()
     ///     .policy(Policy::new("per-key", Quota::per_second(5)))
-    ///     .key(Header(http::HeaderName::from_static("x-api-key")))
+    ///     .key(Header::new("x-api-key"))
     ///     .reject_missing_key()
     ///     .build()
     ///     .unwrap();

@@ -428,7 +428,7 @@ async fn the_decision_can_be_left_out_of_request_extensions() {
 
 #[tokio::test]
 async fn requests_without_a_key_pass_uncounted_unless_rejected() {
-    let api_key = || Header(HeaderName::from_static("x-api-key"));
+    let api_key = || Header::new("x-api-key");
     let open = tower::Layer::layer(
         &RateLimitLayer::builder()
             .policy(Policy::new("per-key", Quota::per_second(1)))
