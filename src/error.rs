@@ -154,7 +154,9 @@ impl RateLimited {
 impl fmt::Display for RateLimited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.decision {
-            _ if self.missing_key => f.write_str("rate limited; the request has no rate limit key"),
+            _ if self.missing_key => f.write_str(
+                "rate limited; the request has no rate limit key, and requests without one are rejected",
+            ),
             Some(d) if d.is_busy() => {
                 f.write_str("rate limited; too many requests in flight, retry once one completes")
             }

@@ -421,3 +421,28 @@ async fn a_hook_keeps_the_fields_it_set_itself() {
     assert_eq!(header(&res, "retry-after").as_deref(), Some("3600"));
     assert_eq!(header(&res, "ratelimit").as_deref(), Some("\"custom\";r=0"));
 }
+
+#[tokio::test]
+async fn a_non_http_request_without_a_key_gets_an_error_that_says_so() {
+    let mut svc = RateLimitLayer::builder()
+        .policy(Policy::new("per-user", Quota::per_minute(1)))
+        .key(|job: &Option<u32>| *job)
+        .reject_missing_key()
+        .reject_with_error()
+        .build()
+        .unwrap()
+        .layer(service_fn(|_: Option<u32>| async {
+            Ok::<_, Infallible>(())
+        }));
+    let err = svc.ready().await.unwrap().call(None).await.unwrap_err();
+    let limited = err
+        .downcast_ref::<tower_ratelimit::RateLimited>()
+        .expect("a RateLimited error");
+    assert!(limited.is_missing_key());
+    assert_eq!(limited.retry_after(), None);
+    assert_eq!(limited.decision(), None);
+    assert_eq!(
+        err.to_string(),
+        "rate limited; the request has no rate limit key, and requests without one are rejected"
+    );
+}
