@@ -51,6 +51,35 @@ impl Protocol {
 /// A request the layer is turning away, as a
 /// [custom rejection hook](crate::RateLimitLayerBuilder::on_rejection) sees
 /// it: the decision and the request's head.
+///
+/// ```
+/// use bytes::Bytes;
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_ratelimit::{Policy, Quota, RateLimitLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let svc = RateLimitLayer::builder()
+///     .policy(Policy::new("burst", Quota::per_minute(1)))
+///     .on_rejection(|rejection| {
+///         assert!(!rejection.is_grpc() && !rejection.is_missing_key());
+///         let who = rejection.uri().path().to_owned();
+///         let names: Vec<_> = rejection.violated_policies().collect();
+///         let body = format!("{who}: over {}", names.join(", "));
+///         Some(http::Response::new(Bytes::from(body)))
+///     })
+///     .build()
+///     .unwrap()
+///     .layer(service_fn(|_: http::Request<String>| async {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+///     }));
+/// let req = || http::Request::get("/items").body(String::new()).unwrap();
+/// svc.clone().oneshot(req()).await.unwrap();
+/// let res = svc.oneshot(req()).await.unwrap();
+/// let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+/// assert_eq!(&body[..], b"/items: over burst");
+/// # }
+/// ```
 pub struct Rejection<'a> {
     pub(crate) decision: Option<&'a Decision>,
     pub(crate) method: &'a Method,
