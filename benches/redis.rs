@@ -56,11 +56,11 @@ fn redis(c: &mut Criterion) {
             }
         });
     });
-    // The same script and arguments RedisStore sends for this policy:
-    // GCRA (id 1), limit 1000, period 1 day, burst 10^8, unit 86 400 000 µs
-    // per unit, drain 1 tick per µs.
+    // The same script and arguments RedisStore sends for this policy: the
+    // server's time, acquire, cost 1, reject mode, no lease; then GCRA
+    // (id 1), limit 1000, period 1 day, burst 10^8, unit 86 400 000 µs per
+    // unit, drain 1 tick per µs.
     let mut raw = redis::cmd("EVALSHA");
-    // Time (server), op (acquire), cost, max wait (reject mode), lease.
     raw.arg(&sha)
         .arg(1)
         .arg(&redis_key)

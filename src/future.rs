@@ -17,6 +17,7 @@ use crate::decision::Decision;
 use crate::error::StoreError;
 use crate::limiter::{Held, PendingHold};
 use crate::response::{Respond, ResponseConfig};
+use crate::service::admitted;
 
 pin_project! {
     /// Response future of [`RateLimit`](crate::RateLimit).
@@ -38,7 +39,8 @@ pin_project! {
         // will be held under while the store decides.
         held: Option<Held>,
         pending: Option<PendingHold>,
-        info: M::Info,
+        // The policy set the request is checked against.
+        set: usize,
         config: Arc<ResponseConfig>,
         failure: FailurePolicy,
         _mode: PhantomData<fn() -> M>,
@@ -69,11 +71,12 @@ pub(crate) enum Step<O> {
 }
 
 /// Acts on a store's answer: attaches an admitting decision to the request,
-/// applies the failure policy to an error.
+/// applies the failure policy to an error. In shadow mode every decision
+/// lets the request through at once.
 pub(crate) fn step<Req, Res, E, M>(
     result: Result<Decision, StoreError>,
     req: &mut Req,
-    info: M::Info,
+    set: usize,
     config: &ResponseConfig,
     failure: FailurePolicy,
 ) -> Step<Result<M::Response, M::Error>>
@@ -81,19 +84,23 @@ where
     M: Respond<Req, Res, E>,
 {
     match result {
-        Ok(decision) if decision.is_allowed() => {
+        Ok(decision) if decision.is_allowed() || config.shadow => {
+            #[cfg(feature = "tracing")]
+            if !decision.is_allowed() {
+                log_shadow_rejection(&decision);
+            }
             if config.attach_decision {
                 M::attach(req, &decision);
             }
             match decision.wait() {
-                wait if wait.is_zero() => Step::Call(Some(decision)),
+                wait if wait.is_zero() || config.shadow => Step::Call(Some(decision)),
                 wait => Step::Wait(decision, wait),
             }
         }
-        Ok(decision) => Step::Answer(M::rejected(config, info, Some(&decision))),
+        Ok(decision) => Step::Answer(M::rejected(config, set, req, Some(&decision))),
         Err(err) => match failure {
-            FailurePolicy::FailClosed => Step::Answer(M::store_error(info, err)),
-            FailurePolicy::FailOpen => {
+            FailurePolicy::FailClosed if !config.shadow => Step::Answer(M::store_error(req, err)),
+            _ => {
                 #[cfg(feature = "tracing")]
                 tracing::warn!(error = %err, "rate limit store failed; letting the request through");
                 #[cfg(not(feature = "tracing"))]
@@ -104,6 +111,24 @@ where
     }
 }
 
+/// Logs a request shadow mode let through: which policies would have
+/// refused it, never its key.
+#[cfg(feature = "tracing")]
+fn log_shadow_rejection(decision: &Decision) {
+    let mut policies = String::new();
+    for p in decision.policies().iter().filter(|p| !p.is_allowed()) {
+        if !policies.is_empty() {
+            policies.push_str(", ");
+        }
+        policies.push_str(p.name());
+    }
+    tracing::info!(
+        policies = %policies,
+        retry_after_ms = decision.retry_after().map(|d| d.as_millis() as u64),
+        "rate limit shadow mode: this request would have been rejected"
+    );
+}
+
 impl<S, Req, C, M> ResponseFuture<S, Req, C, M>
 where
     S: Service<Req>,
@@ -111,7 +136,7 @@ where
 {
     fn with(
         state: State<S::Future, C, Result<M::Response, M::Error>>,
-        info: M::Info,
+        set: usize,
         config: Arc<ResponseConfig>,
     ) -> Self {
         Self {
@@ -120,7 +145,7 @@ where
             decision: None,
             held: None,
             pending: None,
-            info,
+            set,
             config,
             failure: FailurePolicy::FailOpen,
             _mode: PhantomData,
@@ -133,11 +158,11 @@ where
         check: C,
         call: Box<(S, Req)>,
         pending: Option<PendingHold>,
-        info: M::Info,
+        set: usize,
         config: Arc<ResponseConfig>,
         failure: FailurePolicy,
     ) -> Self {
-        let mut this = Self::with(State::Checking { check }, info, config);
+        let mut this = Self::with(State::Checking { check }, set, config);
         this.call = Some(call);
         this.pending = pending;
         this.failure = failure;
@@ -150,11 +175,11 @@ where
         wait: Duration,
         call: Box<(S, Req)>,
         held: Option<Held>,
-        info: M::Info,
+        set: usize,
         config: Arc<ResponseConfig>,
     ) -> Self {
         let until = Instant::now() + wait;
-        let mut this = Self::with(State::Waiting { until, sleep: None }, info, config);
+        let mut this = Self::with(State::Waiting { until, sleep: None }, set, config);
         this.call = Some(call);
         this.decision = Some(decision);
         this.held = held;
@@ -166,26 +191,22 @@ where
         future: S::Future,
         decision: Option<Decision>,
         held: Option<Held>,
-        info: M::Info,
+        set: usize,
         config: Arc<ResponseConfig>,
     ) -> Self {
-        let mut this = Self::with(State::Calling { future }, info, config);
+        let mut this = Self::with(State::Calling { future }, set, config);
         this.decision = decision;
         this.held = held;
         this
     }
 
     /// An answer ready at once.
-    pub(crate) fn done(
-        output: Result<M::Response, M::Error>,
-        info: M::Info,
-        config: Arc<ResponseConfig>,
-    ) -> Self {
+    pub(crate) fn done(output: Result<M::Response, M::Error>, config: Arc<ResponseConfig>) -> Self {
         Self::with(
             State::Done {
                 output: Some(output),
             },
-            info,
+            0,
             config,
         )
     }
@@ -211,14 +232,14 @@ where
                     let step = step::<Req, S::Response, S::Error, M>(
                         result,
                         &mut call.1,
-                        *this.info,
+                        *this.set,
                         this.config,
                         *this.failure,
                     );
                     let pending = this.pending.take();
                     match step {
                         Step::Call(decision) => {
-                            if decision.is_some() {
+                            if admitted(decision.as_ref()).is_some() {
                                 *this.held = pending.map(|p| p.arm(false));
                             }
                             *this.decision = decision;
@@ -265,6 +286,7 @@ where
                     let output = match ready!(future.poll(cx)) {
                         Ok(res) => Ok(M::allowed(
                             this.config,
+                            *this.set,
                             res,
                             this.decision.as_ref(),
                             this.held.take(),

@@ -15,6 +15,7 @@ mod layer;
 pub mod limiter;
 mod quota;
 pub mod response;
+pub mod select;
 mod service;
 pub mod store;
 

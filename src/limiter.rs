@@ -21,6 +21,8 @@
 //! # async fn main() -> Result<(), tower_ratelimit::BoxError> {
 //! let limiter = RateLimiter::builder()
 //!     .policy(Policy::new("api", Quota::per_second(2)))
+//! #   // Tokio's paused clock, so the retry time below is exact.
+//! #   .store(tower_ratelimit::MemoryStore::builder().clock(tower_ratelimit::clock::TokioClock::new()).build()?)
 //!     .build()?;
 //!
 //! assert!(limiter.try_acquire("user-1", 1).await?.is_allowed());

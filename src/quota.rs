@@ -668,7 +668,7 @@ impl PolicySet {
     }
 }
 
-fn check_name(name: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_name(name: &str) -> Result<(), ConfigError> {
     let bad = |msg: &str| Err(ConfigError::new("name", format!("{name:?} {msg}")));
     if name.is_empty() {
         return bad("is empty: a policy needs a name");

@@ -226,7 +226,7 @@ async fn concurrency_is_counted_per_key() {
     let gated = Gated::new();
     let svc = RateLimitLayer::builder()
         .policy(Policy::concurrency("per-user", 1))
-        .key(Header(http::HeaderName::from_static("x-user")))
+        .key(Header::new("x-user"))
         .build()
         .unwrap()
         .layer(gated.service());

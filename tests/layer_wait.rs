@@ -33,7 +33,7 @@ fn per_user_waiting() -> RateLimitLayer<Header, MemoryStore<TokioClock>> {
                 .unwrap(),
         )
         .policy(Policy::new("per-user", Quota::per_second(1)))
-        .key(Header(http::HeaderName::from_static("x-user")))
+        .key(Header::new("x-user"))
         .on_limit(OnLimit::Wait {
             max: Duration::from_secs(2),
         })
