@@ -52,18 +52,16 @@ fn run(algorithm: Algorithm, max_wait: Option<Duration>) -> Vec<Fate> {
             let d = decide(&set, &mut states, at, 1, max_wait);
             Fate {
                 arrived: at,
-                proceeded: d
-                    .is_allowed()
-                    .then(|| at + d.wait().as_micros() as u64),
+                proceeded: d.is_allowed().then(|| at + d.wait().as_micros() as u64),
             }
         })
         .collect()
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = std::env::args().nth(1).unwrap_or_else(|| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/docs/algorithms.svg").to_owned()
-    });
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/docs/algorithms.svg").to_owned());
     let lanes: Vec<(String, Vec<Fate>, bool)> = Algorithm::RATES
         .iter()
         .flat_map(|&a| {
@@ -120,9 +118,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     BLACK.mix(0.3),
                 ))
             }))?;
-            chart.draw_series(fates.iter().filter_map(|f| {
-                Some(Circle::new((secs(f.proceeded?), y), 3, BLUE.filled()))
-            }))?;
+            chart.draw_series(
+                fates
+                    .iter()
+                    .filter_map(|f| Some(Circle::new((secs(f.proceeded?), y), 3, BLUE.filled()))),
+            )?;
         } else {
             chart.draw_series(fates.iter().filter_map(|f| {
                 f.proceeded
