@@ -79,6 +79,29 @@ impl<St: Store> Engine<St> {
         }
     }
 
+    /// Decides for `key` against the engine's policies, taking concurrency
+    /// units under a new lease: an admitted decision comes with what holds
+    /// them.
+    async fn admit(
+        self: &Arc<Self>,
+        key: &Key,
+        cost: u64,
+        max_wait: Option<Duration>,
+    ) -> Result<(Decision, Option<Held>), StoreError> {
+        let set = &self.policies;
+        let pending = self.lease(key, set, cost);
+        let check = Check::new(key, set, cost)
+            .lease(pending.as_ref().map_or(0, PendingHold::id))
+            .max_wait(max_wait);
+        let (decision, local) = self.decide(check).await;
+        let decision = decision?;
+        let held = match decision.is_allowed() {
+            true => pending.map(|p| p.arm(local)),
+            false => None,
+        };
+        Ok((decision, held))
+    }
+
     /// The lease an admitted request will hold its concurrency units
     /// under; `None` when `set` has no concurrency policy.
     pub(crate) fn lease(
@@ -461,16 +484,10 @@ impl<St: Store> RateLimiter<St> {
         key: impl Into<Key>,
         cost: u64,
     ) -> Result<Permit, AcquireError> {
-        let key = key.into();
-        let set = &self.engine.policies;
-        let pending = self.engine.lease(&key, set, cost);
-        let check = Check::new(&key, set, cost).lease(pending.as_ref().map_or(0, PendingHold::id));
-        let (decision, local) = self.engine.decide(check).await;
-        let decision = decision?;
+        let (decision, hold) = self.engine.admit(&key.into(), cost, None).await?;
         if !decision.is_allowed() {
             return Err(AcquireError::Limited(RateLimited::new(Some(decision))));
         }
-        let hold = pending.map(|p| p.arm(local));
         Ok(Permit { decision, hold })
     }
 
@@ -512,22 +529,15 @@ impl<St: Store> RateLimiter<St> {
         cost: u64,
     ) -> Result<Permit, AcquireError> {
         let key = key.into();
-        let set = &self.engine.policies;
         let deadline = tokio::time::Instant::now() + self.max_wait.min(FAR);
         let mut backoff = Duration::from_millis(5);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let pending = self.engine.lease(&key, set, cost);
-            let check = Check::new(&key, set, cost)
-                .lease(pending.as_ref().map_or(0, PendingHold::id))
-                .max_wait(Some(left));
             // Subscribe before asking, so a release in between still wakes.
             let mut released = std::pin::pin!(self.engine.released.notified());
             released.as_mut().enable();
-            let (decision, local) = self.engine.decide(check).await;
-            let decision = decision?;
+            let (decision, hold) = self.engine.admit(&key, cost, Some(left)).await?;
             if decision.is_allowed() {
-                let hold = pending.map(|p| p.arm(local));
                 let permit = Permit { decision, hold };
                 let wait = permit.decision.wait();
                 if !wait.is_zero() {
