@@ -10,6 +10,7 @@ mod config;
 mod decision;
 mod error;
 pub mod future;
+pub mod guide;
 pub mod key;
 mod layer;
 pub mod limiter;
