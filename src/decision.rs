@@ -148,7 +148,8 @@ impl Decision {
 /// One policy's part of a [`Decision`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyDecision {
-    pub(crate) name: Arc<str>,
+    /// Interned: copying a decision touches no reference count.
+    pub(crate) name: &'static str,
     pub(crate) allowed: bool,
     pub(crate) concurrency: bool,
     pub(crate) limit: u64,
@@ -163,7 +164,7 @@ impl PolicyDecision {
     /// The policy's name.
     #[must_use]
     pub fn name(&self) -> &str {
-        &self.name
+        self.name
     }
 
     /// `true` when the request was admitted; for a rejected request, whether

@@ -10,6 +10,7 @@ mod config;
 mod decision;
 mod error;
 pub mod future;
+mod intern;
 pub mod key;
 mod layer;
 pub mod limiter;

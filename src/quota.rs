@@ -444,15 +444,14 @@ impl Policy {
     pub fn get_algorithm(&self) -> Algorithm {
         self.algorithm
     }
-
-    pub(crate) fn shared_name(&self) -> &Arc<str> {
-        &self.name
-    }
 }
 
 /// A policy's numbers, checked and reduced to integers the algorithms use.
 #[derive(Debug, Clone)]
 pub(crate) struct Params {
+    /// The policy's name, [interned](crate::intern): decisions carry it as
+    /// a plain reference, and equal names are the same reference.
+    pub(crate) name: &'static str,
     pub(crate) algorithm: Algorithm,
     /// Units per period.
     pub(crate) limit: u64,
@@ -556,6 +555,7 @@ impl Params {
         }
         let fingerprint = fnv1a(&[algorithm as u64, q.limit, period, burst]);
         Ok(Self {
+            name: crate::intern::str(&policy.name),
             algorithm,
             limit: q.limit,
             period,
@@ -618,6 +618,11 @@ pub struct PolicySet {
 
 impl PolicySet {
     /// Checks every policy and the list as a whole.
+    ///
+    /// Each distinct policy name is then kept for the life of the process,
+    /// so that every [`Decision`](crate::Decision) refers to it instead of
+    /// copying or sharing it: a program that makes policies with ever new
+    /// names keeps each of them (at most 64 bytes apiece).
     pub fn new(policies: Vec<Policy>) -> Result<Self, ConfigError> {
         if policies.is_empty() {
             return Err(ConfigError::new(

@@ -32,7 +32,6 @@ mod sliding_counter;
 mod sliding_log;
 mod token_bucket;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decision::{BUSY, Decision, NEVER, Policies, PolicyDecision};
@@ -350,7 +349,7 @@ pub(crate) fn assemble(
             Slot::Never => NEVER,
         };
         PolicyDecision {
-            name: Arc::clone(set.policies()[i].shared_name()),
+            name: p.name,
             allowed: allowed || retry_after == 0,
             concurrency: p.algorithm == Algorithm::Concurrency,
             limit: p.limit,

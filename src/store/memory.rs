@@ -10,7 +10,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::decision::Decision;
 use crate::error::{ConfigError, StoreError};
 use crate::key::Key;
-use crate::quota::PolicySet;
+use crate::quota::{Params, PolicySet};
 
 /// The default cap on keys held at once.
 const DEFAULT_MAX_KEYS: usize = 1_000_000;
@@ -77,7 +77,7 @@ struct Entry {
 }
 
 struct Name {
-    name: Arc<str>,
+    name: &'static str,
     fingerprint: u64,
     full_at: u64,
 }
@@ -315,11 +315,10 @@ impl Entry {
     fn new(set: &PolicySet) -> Self {
         Self {
             names: set
-                .policies()
+                .params()
                 .iter()
-                .zip(set.params())
-                .map(|(p, params)| Name {
-                    name: Arc::clone(p.shared_name()),
+                .map(|params| Name {
+                    name: params.name,
                     fingerprint: params.fingerprint,
                     full_at: 0,
                 })
@@ -330,10 +329,10 @@ impl Entry {
     }
 
     /// Where policy `p` of a set keeps its state here, if it has one.
-    fn position(&self, p: &crate::Policy, fingerprint: u64) -> Option<usize> {
+    fn position(&self, p: &Params) -> Option<usize> {
         self.names
             .iter()
-            .position(|n| n.fingerprint == fingerprint && *n.name == *p.name())
+            .position(|n| n.fingerprint == p.fingerprint && std::ptr::eq(n.name, p.name))
     }
 
     /// Runs `f` on the states of `set`'s policies, in the set's order.
@@ -342,11 +341,8 @@ impl Entry {
             && self
                 .names
                 .iter()
-                .zip(set.policies().iter().zip(set.params()))
-                .all(|(n, (p, params))| {
-                    n.fingerprint == params.fingerprint
-                        && (Arc::ptr_eq(&n.name, p.shared_name()) || *n.name == *p.name())
-                });
+                .zip(set.params())
+                .all(|(n, p)| n.fingerprint == p.fingerprint && std::ptr::eq(n.name, p.name));
         if same {
             let out = f(&mut self.states);
             for ((n, state), p) in self.names.iter_mut().zip(&self.states).zip(set.params()) {
@@ -357,25 +353,21 @@ impl Entry {
         }
         // Another policy set shares this key: gather its states.
         let mut states: Vec<Option<State>> = set
-            .policies()
+            .params()
             .iter()
-            .zip(set.params())
-            .map(|(p, params)| {
-                self.position(p, params.fingerprint)
-                    .and_then(|i| self.states[i].take())
-            })
+            .map(|p| self.position(p).and_then(|i| self.states[i].take()))
             .collect();
         let out = f(&mut states);
-        for ((p, params), state) in set.policies().iter().zip(set.params()).zip(states) {
+        for (params, state) in set.params().iter().zip(states) {
             let full_at = state.as_ref().map_or(0, |s| s.full_at(params));
-            match self.position(p, params.fingerprint) {
+            match self.position(params) {
                 Some(i) => {
                     self.states[i] = state;
                     self.names[i].full_at = full_at;
                 }
                 None => {
                     self.names.push(Name {
-                        name: Arc::clone(p.shared_name()),
+                        name: params.name,
                         fingerprint: params.fingerprint,
                         full_at,
                     });
@@ -389,8 +381,8 @@ impl Entry {
 
     /// Forgets the states of `set`'s policies; `true` if others remain.
     fn forget(&mut self, set: &PolicySet) -> bool {
-        for (p, params) in set.policies().iter().zip(set.params()) {
-            if let Some(i) = self.position(p, params.fingerprint) {
+        for params in set.params() {
+            if let Some(i) = self.position(params) {
                 self.names.swap_remove(i);
                 self.states.swap_remove(i);
             }
