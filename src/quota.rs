@@ -447,7 +447,7 @@ impl Policy {
 }
 
 /// A policy's numbers, checked and reduced to integers the algorithms use.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Params {
     /// The policy's name, [interned](crate::intern): decisions carry it as
     /// a plain reference, and equal names are the same reference.
@@ -464,6 +464,9 @@ pub(crate) struct Params {
     /// exactly, reduced by their common divisor so the numbers stay small.
     pub(crate) unit: u64,
     pub(crate) drain: u64,
+    /// Division by `unit` and by `drain`, which every decision does.
+    pub(crate) unit_div: Divisor,
+    pub(crate) drain_div: Divisor,
     /// Names what the state means: algorithm, limit, period and burst.
     /// Stable across processes, so every instance agrees on it.
     pub(crate) fingerprint: u64,
@@ -562,6 +565,8 @@ impl Params {
             burst,
             unit,
             drain,
+            unit_div: Divisor::new(unit),
+            drain_div: Divisor::new(drain),
             fingerprint,
         })
     }
@@ -569,6 +574,53 @@ impl Params {
     /// Bucket capacity in ticks.
     pub(crate) fn capacity(&self) -> u64 {
         self.burst * self.unit
+    }
+}
+
+/// Dividends [`Divisor`] divides with a multiplication.
+pub(crate) const TAT_LIMIT: u64 = 1 << 62;
+
+/// Division by a number fixed when a policy is checked: a multiplication
+/// and a shift instead of a hardware division, exact for every dividend
+/// below [`TAT_LIMIT`] (the bucket algorithms' numbers stay below 2^54).
+///
+/// With `2^l ≥ d` and `m = ⌈2^(62+l) / d⌉`, `⌊n·m / 2^(62+l)⌋ = ⌊n / d⌋`
+/// for every `n < 2^62`: `m·d = 2^(62+l) + e` with `0 ≤ e < d`, so the
+/// product overshoots `n/d` by `n·e / (d·2^(62+l)) < 1/d`, too little to
+/// reach the next integer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Divisor {
+    d: u64,
+    m: u64,
+    shift: u32,
+}
+
+impl Divisor {
+    pub(crate) fn new(d: u64) -> Self {
+        assert!(d > 0, "a divisor is positive");
+        let l = u64::BITS - (d - 1).leading_zeros();
+        let shift = 62 + l;
+        // At most 2^63, since d > 2^(l-1).
+        let m = ((1_u128 << shift) + u128::from(d) - 1) / u128::from(d);
+        Self {
+            d,
+            m: u64::try_from(m).expect("the multiplier fits 64 bits"),
+            shift,
+        }
+    }
+
+    /// `⌊n / d⌋`.
+    pub(crate) fn div(self, n: u64) -> u64 {
+        if n >= TAT_LIMIT {
+            return n / self.d;
+        }
+        ((u128::from(n) * u128::from(self.m)) >> self.shift) as u64
+    }
+
+    /// `⌈n / d⌉`.
+    pub(crate) fn div_ceil(self, n: u64) -> u64 {
+        let q = self.div(n);
+        q + u64::from(q * self.d < n)
     }
 }
 
@@ -688,4 +740,52 @@ pub(crate) fn check_name(name: &str) -> Result<(), ConfigError> {
         return bad("may only use ASCII letters, digits, '-', '_' and '.'");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Divisor, TAT_LIMIT};
+
+    /// A small deterministic generator, so the test needs no dependency.
+    fn numbers(mut x: u64) -> impl Iterator<Item = u64> {
+        std::iter::from_fn(move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            Some(x)
+        })
+    }
+
+    #[test]
+    fn a_divisor_divides_exactly_like_the_hardware() {
+        let divisors = [
+            1,
+            2,
+            3,
+            7,
+            10,
+            1_000,
+            86_400_000_000,
+            (1 << 53) - 1,
+            u64::MAX,
+        ];
+        let dividends = [0, 1, 2, 999, TAT_LIMIT - 1, TAT_LIMIT, u64::MAX];
+        let random = numbers(0x9e37_79b9_7f4a_7c15);
+        for (i, x) in random.take(20_000).enumerate() {
+            let d = if i < divisors.len() {
+                divisors[i]
+            } else {
+                (x >> (x % 64)).max(1)
+            };
+            let div = Divisor::new(d);
+            for n in dividends
+                .iter()
+                .copied()
+                .chain(numbers(x).take(50).map(|n| n >> (n % 64)))
+            {
+                assert_eq!(div.div(n), n / d, "{n} / {d}");
+                assert_eq!(div.div_ceil(n), n.div_ceil(d), "⌈{n} / {d}⌉");
+            }
+        }
+    }
 }

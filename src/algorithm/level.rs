@@ -10,7 +10,7 @@
 use super::Slot;
 use crate::quota::Params;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Level {
     pub(crate) level: u64,
     pub(crate) last: u64,
@@ -28,7 +28,7 @@ impl Level {
     /// that stepped back) nothing has drained yet.
     fn level_at(&self, p: &Params, t: u64) -> u64 {
         let elapsed = t.saturating_sub(self.last);
-        if elapsed >= self.level.div_ceil(p.drain) {
+        if elapsed >= p.drain_div.div_ceil(self.level) {
             0
         } else {
             self.level - elapsed * p.drain
@@ -54,8 +54,8 @@ impl Level {
             // whenever period/limit is not a whole number of µs. Requests of
             // several units round less, so with mixed costs and a fractional
             // interval the queue can hold slightly more; the rate is exact.)
-            let slot = t0 + level.div_ceil(p.drain);
-            let room = (p.burst - cost) * p.unit.div_ceil(p.drain);
+            let slot = t0 + p.drain_div.div_ceil(level);
+            let room = (p.burst - cost) * p.drain_div.div_ceil(p.unit);
             if slot - now > room {
                 return Slot::QueueFull {
                     retry_at: slot - room,
@@ -65,7 +65,7 @@ impl Level {
         }
         match (level + need).checked_sub(capacity) {
             None | Some(0) => Slot::At(t0),
-            Some(excess) => Slot::At(t0 + excess.div_ceil(p.drain)),
+            Some(excess) => Slot::At(t0 + p.drain_div.div_ceil(excess)),
         }
     }
 
@@ -78,10 +78,11 @@ impl Level {
         if self.last > now {
             return 0;
         }
-        p.capacity().saturating_sub(self.level_at(p, now)) / p.unit
+        p.unit_div
+            .div(p.capacity().saturating_sub(self.level_at(p, now)))
     }
 
     pub(crate) fn full_at(&self, p: &Params) -> u64 {
-        self.last + self.level.div_ceil(p.drain)
+        self.last + p.drain_div.div_ceil(self.level)
     }
 }
