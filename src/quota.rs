@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::duration_micros;
+use crate::decision::PolicyInfo;
 use crate::error::ConfigError;
 
 /// The lease of [`Policy::concurrency`].
@@ -357,6 +358,16 @@ impl Algorithm {
         }
     }
 
+    /// Whether the algorithm keeps a level that drains continuously: GCRA,
+    /// the greedy token bucket and the leaky bucket.
+    #[cfg(feature = "memory")]
+    pub(crate) const fn is_level(&self) -> bool {
+        matches!(
+            self,
+            Algorithm::Gcra | Algorithm::GreedyTokenBucket | Algorithm::LeakyBucket
+        )
+    }
+
     const fn has_burst(&self) -> bool {
         matches!(
             self,
@@ -448,10 +459,18 @@ impl Policy {
 
 /// A policy's numbers, checked and reduced to integers the algorithms use.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(
+    not(any(feature = "memory", feature = "redis")),
+    allow(dead_code, reason = "the stores read what names a policy")
+)]
 pub(crate) struct Params {
     /// The policy's name, [interned](crate::intern): decisions carry it as
     /// a plain reference, and equal names are the same reference.
     pub(crate) name: &'static str,
+    /// What its decisions say of it, interned.
+    pub(crate) info: &'static PolicyInfo,
+    /// Names the policy by name and fingerprint, process-wide.
+    pub(crate) id: u32,
     pub(crate) algorithm: Algorithm,
     /// Units per period.
     pub(crate) limit: u64,
@@ -557,8 +576,16 @@ impl Params {
             ));
         }
         let fingerprint = fnv1a(&[algorithm as u64, q.limit, period, burst]);
+        let name = crate::intern::str(&policy.name);
         Ok(Self {
-            name: crate::intern::str(&policy.name),
+            name,
+            id: crate::intern::policy_id(name, fingerprint),
+            info: crate::intern::policy(PolicyInfo {
+                name,
+                concurrency: algorithm == Algorithm::Concurrency,
+                limit: q.limit,
+                period,
+            }),
             algorithm,
             limit: q.limit,
             period,
@@ -572,6 +599,7 @@ impl Params {
     }
 
     /// Bucket capacity in ticks.
+    #[inline]
     pub(crate) fn capacity(&self) -> u64 {
         self.burst * self.unit
     }
@@ -601,7 +629,7 @@ impl Divisor {
         let l = u64::BITS - (d - 1).leading_zeros();
         let shift = 62 + l;
         // At most 2^63, since d > 2^(l-1).
-        let m = ((1_u128 << shift) + u128::from(d) - 1) / u128::from(d);
+        let m = (1_u128 << shift).div_ceil(u128::from(d));
         Self {
             d,
             m: u64::try_from(m).expect("the multiplier fits 64 bits"),
@@ -610,6 +638,7 @@ impl Divisor {
     }
 
     /// `⌊n / d⌋`.
+    #[inline]
     pub(crate) fn div(self, n: u64) -> u64 {
         if n >= TAT_LIMIT {
             return n / self.d;
@@ -618,6 +647,7 @@ impl Divisor {
     }
 
     /// `⌈n / d⌉`.
+    #[inline]
     pub(crate) fn div_ceil(self, n: u64) -> u64 {
         let q = self.div(n);
         q + u64::from(q * self.d < n)

@@ -9,6 +9,8 @@
 
 use super::Slot;
 use crate::quota::Params;
+#[cfg(feature = "memory")]
+use crate::quota::TAT_LIMIT;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Level {
@@ -22,6 +24,30 @@ impl Level {
             level: 0,
             last: now,
         }
+    }
+
+    /// The state as one number, `last · drain + level` (the theoretical
+    /// arrival time in ticks), when it is below [`TAT_LIMIT`]. For a bucket
+    /// last drawn from no later than any time it is decided at from then
+    /// on, this number alone decides as the state does: see
+    /// [`decide_tat`](super::decide_tat).
+    #[cfg(feature = "memory")]
+    #[inline]
+    pub(crate) fn tat(&self, p: &Params) -> Option<u64> {
+        self.last
+            .checked_mul(p.drain)?
+            .checked_add(self.level)
+            .filter(|&t| t < TAT_LIMIT)
+    }
+
+    /// The state a [`tat`](Self::tat) stands for at `now`, for a bucket
+    /// last drawn from no later than `now`; `None` when it is full again.
+    #[cfg(feature = "memory")]
+    pub(crate) fn from_tat(p: &Params, tat: u64, now: u64) -> Option<Self> {
+        let level = tat
+            .checked_sub(now.saturating_mul(p.drain))
+            .filter(|&l| l > 0)?;
+        Some(Self { level, last: now })
     }
 
     /// The level at `t`; before `last` (a reservation ahead, or a clock
