@@ -1,5 +1,5 @@
-//! Policies' names and descriptions, kept once for the life of the
-//! process.
+//! Policies' names, descriptions and `RateLimit-Policy` values, kept once
+//! for the life of the process.
 //!
 //! A policy's name, limit and period are in every decision. Interned, they
 //! are one plain `&'static` reference: copying it is copying a pointer,
@@ -10,6 +10,8 @@
 
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
+
+use http::HeaderValue;
 
 use crate::decision::PolicyInfo;
 
@@ -54,4 +56,21 @@ pub(crate) fn policy_id(name: &'static str, fingerprint: u64) -> u32 {
         ids.len() - 1
     });
     u32::try_from(i).expect("fewer than 2^32 distinct policies")
+}
+
+/// A header value of `s`, kept once: cloning it copies a pointer, where a
+/// shared value would count references. `None` unless `s` is visible ASCII.
+pub(crate) fn header_value(s: &str) -> Option<&'static HeaderValue> {
+    static MADE: Mutex<Vec<(&'static str, &'static HeaderValue)>> = Mutex::new(Vec::new());
+    if !s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+        return None;
+    }
+    let s = self::str(s);
+    let mut made = MADE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(&(_, v)) = made.iter().find(|(k, _)| std::ptr::eq(*k, s)) {
+        return Some(v);
+    }
+    let v: &'static HeaderValue = Box::leak(Box::new(HeaderValue::from_static(s)));
+    made.push((s, v));
+    Some(v)
 }

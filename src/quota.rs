@@ -696,6 +696,9 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 pub struct PolicySet {
     policies: Arc<[Policy]>,
     params: Arc<[Params]>,
+    /// Whether a policy counts units in flight, which an admitted request
+    /// holds until it completes.
+    concurrency: bool,
 }
 
 impl PolicySet {
@@ -726,9 +729,11 @@ impl PolicySet {
             }
             params.push(Params::new(p)?);
         }
+        let concurrency = params.iter().any(|p| p.algorithm == Algorithm::Concurrency);
         Ok(Self {
             policies: policies.into(),
             params: params.into(),
+            concurrency,
         })
     }
 
@@ -752,6 +757,11 @@ impl PolicySet {
 
     pub(crate) fn params(&self) -> &[Params] {
         &self.params
+    }
+
+    /// Whether a policy is a [`Concurrency`](Algorithm::Concurrency) one.
+    pub(crate) fn has_concurrency(&self) -> bool {
+        self.concurrency
     }
 }
 

@@ -30,9 +30,10 @@ mod rejection;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 
 pub use body::ResponseBody;
+pub use headers::Stamp;
 pub use headers::{HeaderStyle, MAX_FIELD_INTEGER, whole_seconds};
 pub use rejection::Rejection;
 
@@ -52,8 +53,8 @@ static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-
 /// What the layer knows about answering, fixed at build time.
 pub struct ResponseConfig {
     style: HeaderStyle,
-    /// The `RateLimit-Policy` value of each of the layer's policy sets.
-    policy_headers: Box<[Option<HeaderValue>]>,
+    /// What the fields say of each of the layer's policy sets.
+    fields: Box<[headers::SetFields]>,
     on_rejection: Option<Hook>,
     pub(crate) attach_decision: bool,
     pub(crate) hold_until_body_end: bool,
@@ -64,7 +65,7 @@ impl std::fmt::Debug for ResponseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseConfig")
             .field("style", &self.style)
-            .field("policy_headers", &self.policy_headers)
+            .field("fields", &self.fields)
             .field("on_rejection", &self.on_rejection.is_some())
             .field("shadow", &self.shadow)
             .finish_non_exhaustive()
@@ -85,7 +86,7 @@ impl ResponseConfig {
     pub(crate) fn new(a: Answering<'_>) -> Self {
         Self {
             style: a.style,
-            policy_headers: a.sets.iter().map(|s| headers::policy_header(s)).collect(),
+            fields: a.sets.iter().map(|s| headers::SetFields::new(s)).collect(),
             on_rejection: a.on_rejection,
             attach_decision: a.attach_decision,
             hold_until_body_end: a.hold_until_body_end,
@@ -93,11 +94,10 @@ impl ResponseConfig {
         }
     }
 
-    /// Adds the configured rate-limit headers for `decision`, made against
-    /// policy set `set`, to `headers`.
-    pub(crate) fn add_headers(&self, headers: &mut HeaderMap, set: usize, decision: &Decision) {
-        let policy = self.policy_headers.get(set).and_then(Option::as_ref);
-        headers::add(self.style, headers, policy, decision);
+    /// The configured rate-limit fields for `decision`, made against
+    /// policy set `set`.
+    pub(crate) fn stamp(&self, set: usize, decision: &Decision) -> Stamp {
+        headers::stamp(self.style, self.fields.get(set), decision)
     }
 }
 
@@ -118,15 +118,9 @@ pub trait Respond<Req, Res, E>: sealed::Sealed + Send + Sync + 'static {
     type Error;
 
     #[doc(hidden)]
-    fn attach(req: &mut Req, decision: &Decision);
+    fn attach(req: &mut Req, decision: Decision);
     #[doc(hidden)]
-    fn allowed(
-        cfg: &ResponseConfig,
-        set: usize,
-        res: Res,
-        decision: Option<&Decision>,
-        held: Option<Held>,
-    ) -> Self::Response;
+    fn allowed(res: Res, stamp: Stamp, held: Option<Held>) -> Self::Response;
     #[doc(hidden)]
     fn rejected(
         cfg: &ResponseConfig,
@@ -182,7 +176,7 @@ fn full<B>(
     *res.status_mut() = status;
     let headers = res.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(CONTENT_LENGTH, len.into());
+    headers.insert(CONTENT_LENGTH, headers::integer(len as u64));
     res
 }
 
@@ -263,22 +257,15 @@ impl<ReqBody, ResBody, E> Respond<http::Request<ReqBody>, http::Response<ResBody
     type Response = http::Response<ResponseBody<ResBody>>;
     type Error = E;
 
-    fn attach(req: &mut http::Request<ReqBody>, decision: &Decision) {
-        req.extensions_mut().insert(decision.clone());
+    fn attach(req: &mut http::Request<ReqBody>, decision: Decision) {
+        req.extensions_mut().insert(decision);
     }
 
-    fn allowed(
-        cfg: &ResponseConfig,
-        set: usize,
-        res: http::Response<ResBody>,
-        decision: Option<&Decision>,
-        held: Option<Held>,
-    ) -> Self::Response {
-        let held = held.filter(|_| cfg.hold_until_body_end);
+    /// `held` is what the body keeps until it ends: `None` unless the
+    /// layer holds permits until then.
+    fn allowed(res: http::Response<ResBody>, stamp: Stamp, held: Option<Held>) -> Self::Response {
         let mut res = res.map(|body| ResponseBody::holding(body, held));
-        if let Some(d) = decision {
-            cfg.add_headers(res.headers_mut(), set, d);
-        }
+        stamp.apply(res.headers_mut());
         res
     }
 
@@ -312,13 +299,16 @@ impl<ReqBody, ResBody, E> Respond<http::Request<ReqBody>, http::Response<ResBody
             .retry_after()
             .filter(|_| !headers.contains_key(RETRY_AFTER))
         {
-            headers.insert(RETRY_AFTER, headers::retry_after_seconds(wait).into());
+            headers.insert(
+                RETRY_AFTER,
+                headers::integer(headers::retry_after_seconds(wait)),
+            );
         }
         let has_own = custom
             && (headers.contains_key(&headers::RATELIMIT)
                 || headers.contains_key(&X_RATELIMIT_REMAINING));
         if !has_own {
-            cfg.add_headers(headers, set, d);
+            cfg.stamp(set, d).apply(headers);
         }
         Ok(res)
     }
@@ -355,15 +345,9 @@ where
     type Response = Res;
     type Error = BoxError;
 
-    fn attach(_: &mut Req, _: &Decision) {}
+    fn attach(_: &mut Req, _: Decision) {}
 
-    fn allowed(
-        _: &ResponseConfig,
-        _: usize,
-        res: Res,
-        _: Option<&Decision>,
-        _: Option<Held>,
-    ) -> Res {
+    fn allowed(res: Res, _: Stamp, _: Option<Held>) -> Res {
         res
     }
 
