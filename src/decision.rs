@@ -7,7 +7,9 @@ use std::time::Duration;
 /// A store's answer for one request: admitted or not, and for every policy
 /// how much is left and when it refills.
 ///
-/// The layer puts it in the request's extensions, so a handler can read it:
+/// A layer built with
+/// [`decision_in_extensions(true)`](crate::RateLimitLayerBuilder::decision_in_extensions)
+/// puts it in the request's extensions, so a handler can read it:
 ///
 /// ```
 /// # #[cfg(feature = "axum")] {
