@@ -374,13 +374,17 @@ static SMALL_STR: &str = match std::str::from_utf8(&SMALL) {
 
 /// `n` as a header value. Numbers below 1000 (most `Retry-After` seconds,
 /// content lengths and remaining counts) are slices of one static string,
-/// so they cost no allocation.
+/// so they cost no allocation; larger ones one, of their exact size.
 pub(crate) fn integer(n: u64) -> HeaderValue {
     let (start, len) = match n {
         0..10 => (n, 1),
         10..100 => (10 + 2 * (n - 10), 2),
         100..1000 => (190 + 3 * (n - 100), 3),
-        _ => return HeaderValue::from(n),
+        _ => {
+            let mut digits = Buf::new();
+            digits.push_u64(n);
+            return digits.value().unwrap_or_else(|| HeaderValue::from(n));
+        }
     };
     let start = start as usize;
     HeaderValue::from_static(&SMALL_STR[start..start + len])
