@@ -13,12 +13,14 @@
 //! | `ours_allowed_lean` | the same, `HeaderStyle::None` |
 //! | `ours_rejecting` | `RateLimitLayer`, default settings, a quota spent for the day |
 //!
-//! It prints requests per second per route and round, then each ratio's
-//! median and range over the rounds: `ours_allowed / plain`,
-//! `ours_allowed_lean / plain` and `ours_rejecting / plain_429`.
+//! Each ratio, `ours_allowed / plain`, `ours_allowed_lean / plain` and
+//! `ours_rejecting / plain_429`, is measured from its two routes run back
+//! to back, in alternating order, round after round; it prints every
+//! round, then each route's median and each ratio's median and range.
 //!
-//! Bounded: `HTTP_BENCH_ROUNDS` rounds (default 5) of `HTTP_BENCH_SECS`
-//! seconds (default 3) per route; it stops by itself. `HTTP_BENCH_WRK=0`
+//! Bounded: `HTTP_BENCH_ROUNDS` rounds (default 7) of `HTTP_BENCH_SECS`
+//! seconds (default 2) per route and ratio, about 90 s; it stops by
+//! itself. `HTTP_BENCH_WRK=0`
 //! uses the built-in generator even when `wrk` is installed. Under
 //! `cargo test` it sends a few hundred requests with the built-in
 //! generator and checks the answers.
@@ -254,32 +256,47 @@ fn main() {
         smoke(addr);
         return;
     }
-    let rounds = env_or("HTTP_BENCH_ROUNDS", 5).max(1) as usize;
-    let secs = env_or("HTTP_BENCH_SECS", 3).max(1);
+    let rounds = env_or("HTTP_BENCH_ROUNDS", 7).max(1) as usize;
+    let secs = env_or("HTTP_BENCH_SECS", 2).max(1);
     let use_wrk = has_wrk();
     println!(
-        "HTTP/1.1, axum on one tokio worker, {} -c{CONNECTIONS}, {rounds} rounds of {secs}s per route",
+        "HTTP/1.1, axum on one tokio worker, {} -c{CONNECTIONS}; each ratio from {rounds} rounds \
+         of its two routes back to back, {secs}s each, in alternating order",
         if use_wrk {
             "wrk -t1"
         } else {
             "built-in generator"
         }
     );
+    let measure = |path: &'static str| {
+        let status = ROUTES.iter().find(|r| r.0 == path).unwrap().1;
+        if use_wrk {
+            wrk(addr, path, secs)
+        } else {
+            generate(addr, path, status, secs as f64, None)
+        }
+    };
     let mut rps: Vec<Vec<f64>> = vec![Vec::new(); ROUTES.len()];
+    let index = |name: &str| ROUTES.iter().position(|r| r.0 == name).unwrap();
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); RATIOS.len()];
     for round in 0..rounds {
-        for k in 0..ROUTES.len() {
-            let i = (k + round) % ROUTES.len();
-            let (path, status) = ROUTES[i];
-            let r = if use_wrk {
-                wrk(addr, path, secs)
+        for (k, (ours, base)) in RATIOS.iter().enumerate() {
+            let (o, b) = if (round + k) % 2 == 0 {
+                let b = measure(base);
+                (measure(ours), b)
             } else {
-                generate(addr, path, status, secs as f64, None)
+                let o = measure(ours);
+                (o, measure(base))
             };
-            println!("round {round} {path:<20} {r:>10.0} req/s");
-            rps[i].push(r);
+            println!(
+                "round {round} {ours:<20} {o:>9.0} req/s  {base:<10} {b:>9.0} req/s  {:.3}",
+                o / b
+            );
+            rps[index(ours)].push(o);
+            rps[index(base)].push(b);
+            ratios[k].push(o / b);
         }
     }
-    let index = |name: &str| ROUTES.iter().position(|r| r.0 == name).unwrap();
     println!();
     println!("{:<20} {:>12}", "route", "median req/s");
     for (i, (path, _)) in ROUTES.iter().enumerate() {
@@ -287,12 +304,7 @@ fn main() {
     }
     println!();
     println!("{:<34} {:>7} {:>15}", "ratio", "median", "range");
-    for (ours, base) in RATIOS {
-        let per_round: Vec<f64> = rps[index(ours)]
-            .iter()
-            .zip(&rps[index(base)])
-            .map(|(o, b)| o / b)
-            .collect();
+    for ((ours, base), per_round) in RATIOS.iter().zip(ratios) {
         let lo = per_round.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = per_round.iter().copied().fold(0.0, f64::max);
         println!(

@@ -49,6 +49,10 @@ static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 static GRPC_PUSHBACK: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+// Checked once, at compile time; cloning a static value copies a pointer.
+static TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+static PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+static GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
 
 /// What the layer knows about answering, fixed at build time.
 pub struct ResponseConfig {
@@ -159,23 +163,19 @@ fn plain<ReqB, B>(
     if protocol.is_grpc() {
         return trailers_only(req, protocol, grpc_status, text);
     }
-    full(
-        status,
-        "text/plain; charset=utf-8",
-        Bytes::from_static(text.as_bytes()),
-    )
+    full(status, &TEXT, Bytes::from_static(text.as_bytes()))
 }
 
 fn full<B>(
     status: StatusCode,
-    content_type: &'static str,
+    content_type: &'static HeaderValue,
     body: Bytes,
 ) -> http::Response<ResponseBody<B>> {
     let len = body.len();
     let mut res = http::Response::new(ResponseBody::full(body));
     *res.status_mut() = status;
     let headers = res.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CONTENT_TYPE, content_type.clone());
     headers.insert(CONTENT_LENGTH, headers::integer(len as u64));
     res
 }
@@ -194,10 +194,7 @@ fn trailers_only<ReqB, B>(
         Protocol::GrpcWeb | Protocol::GrpcWebText => req.headers().get(CONTENT_TYPE).cloned(),
         _ => None,
     };
-    headers.insert(
-        CONTENT_TYPE,
-        content_type.unwrap_or(HeaderValue::from_static("application/grpc")),
-    );
+    headers.insert(CONTENT_TYPE, content_type.unwrap_or_else(|| GRPC.clone()));
     headers.insert(GRPC_STATUS.clone(), HeaderValue::from_static(grpc_status));
     let message = HeaderValue::from_str(message).unwrap_or(HeaderValue::from_static("error"));
     headers.insert(GRPC_MESSAGE.clone(), message);
@@ -236,7 +233,7 @@ fn built_in<ReqB, B>(
         let json = problem::problem_json(decision);
         return full(
             StatusCode::TOO_MANY_REQUESTS,
-            "application/problem+json",
+            &PROBLEM_JSON,
             Bytes::from(json),
         );
     }
@@ -246,7 +243,7 @@ fn built_in<ReqB, B>(
     };
     full(
         StatusCode::TOO_MANY_REQUESTS,
-        "text/plain; charset=utf-8",
+        &TEXT,
         Bytes::from_static(text.as_bytes()),
     )
 }
