@@ -88,6 +88,7 @@ pub(crate) enum Step<O> {
 /// Acts on a store's answer: attaches an admitting decision to the request,
 /// applies the failure policy to an error. In shadow mode every decision
 /// lets the request through at once.
+#[inline]
 pub(crate) fn step<Req, Res, E, M>(
     result: Result<Decision, StoreError>,
     req: &mut Req,
@@ -192,6 +193,7 @@ where
     }
 
     /// The inner service's future, already called.
+    #[inline]
     pub(crate) fn calling(
         future: S::Future,
         stamp: Stamp,

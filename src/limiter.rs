@@ -81,6 +81,7 @@ impl<St: Store> Engine<St> {
 
     /// The lease an admitted request will hold its concurrency units
     /// under; `None` when `set` has no concurrency policy.
+    #[inline]
     pub(crate) fn lease(
         self: &Arc<Self>,
         key: &Key,

@@ -264,7 +264,7 @@ impl Buf {
 /// describe.
 pub(crate) fn stamp(style: HeaderStyle, fields: Option<&SetFields>, decision: &Decision) -> Stamp {
     let policies = decision.policies();
-    if policies.is_empty() {
+    if policies.is_empty() || style == HeaderStyle::None {
         return Stamp::NONE;
     }
     match style {
@@ -319,6 +319,7 @@ impl Stamp {
     pub(crate) const NONE: Stamp = Stamp(Fields::None);
 
     /// Adds the fields to `headers`.
+    #[inline]
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
         match self.0 {
             Fields::None => {}

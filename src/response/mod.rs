@@ -100,6 +100,7 @@ impl ResponseConfig {
 
     /// The configured rate-limit fields for `decision`, made against
     /// policy set `set`.
+    #[inline]
     pub(crate) fn stamp(&self, set: usize, decision: &Decision) -> Stamp {
         headers::stamp(self.style, self.fields.get(set), decision)
     }
