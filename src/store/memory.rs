@@ -82,7 +82,8 @@ struct Inner<C> {
     hasher: KeyHasher,
     shards: Box<[Padded]>,
     max_keys: usize,
-    /// Each policy's number of keys across all shards.
+    /// Each policy's number of keys across all shards, by name and
+    /// fingerprint; a table takes its count from here when it is made.
     counts: Mutex<Vec<(&'static str, u64, Arc<AtomicUsize>)>>,
 }
 
@@ -115,7 +116,8 @@ struct Table {
 enum States {
     /// The GCRA family's states: as one word when the bucket was last drawn
     /// from no later than the shard's time (nearly always), else as the
-    /// level and that time (a reservation ahead, in wait mode).
+    /// level and that time (a reservation ahead, in wait mode, or a word
+    /// too large for the [`Divisor`](crate::quota::Divisor)).
     Level {
         tats: Keyed<Tat>,
         ahead: Keyed<Level>,
@@ -553,7 +555,8 @@ impl<C: Clock> Store for MemoryStore<C> {
 #[inline]
 fn lock(shard: &Padded) -> MutexGuard<'_, Shard> {
     // A panic while holding the lock cannot leave a shard half-written in a
-    // way that matters: every state is replaced whole.
+    // way that matters: states are replaced whole, and at worst those being
+    // decided are lost, as if forgotten.
     shard.0.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
