@@ -91,11 +91,13 @@ impl Sets {
     }
 
     /// The index of the layer's own set.
+    #[inline]
     pub(crate) fn own(&self) -> Option<usize> {
         self.names.first().is_some_and(Option::is_none).then_some(0)
     }
 
     /// The index of the set a selector named: `None` names the layer's own.
+    #[inline]
     pub(crate) fn choose(&self, name: Option<&str>) -> Result<Option<usize>, UnknownSet> {
         let Some(name) = name else {
             return Ok(self.own());
@@ -106,6 +108,7 @@ impl Sets {
         }
     }
 
+    #[inline]
     pub(crate) fn get(&self, index: usize) -> &PolicySet {
         &self.sets[index]
     }
@@ -123,6 +126,7 @@ impl Sets {
 
 impl<K, St, C, P, F> Shared<K, St, C, P, F> {
     /// The longest wait for a slot: `None` in reject mode.
+    #[inline]
     pub(crate) fn max_wait(&self) -> Option<Duration> {
         match self.on_limit {
             OnLimit::Reject => None,

@@ -182,7 +182,7 @@ impl<St> RateLimitLayerBuilder<Global, St> {
                 headers: HeaderStyle::Ietf,
                 reject_missing_key: false,
                 failure: FailurePolicy::FailOpen,
-                attach_decision: true,
+                attach_decision: false,
                 hold_until_body_end: false,
                 shadow: false,
                 on_rejection: HookSlot(None),
@@ -412,19 +412,29 @@ impl<K, St, C, M, P, F> RateLimitLayerBuilder<K, St, C, M, P, F> {
     }
 
     /// Whether admitted HTTP requests carry their [`Decision`](crate::Decision)
-    /// in their extensions for handlers to read (default `true`). Turning it
-    /// off saves the extension map's allocations on requests that arrive
-    /// without one.
+    /// in their extensions for handlers to read (default `false`). Off, a
+    /// request costs no allocation for it: on, the decision is boxed into
+    /// the request's extension map, which is made too when the request
+    /// came without one. The response's rate-limit fields are there either
+    /// way.
     ///
     /// ```
-    /// use tower_ratelimit::{Policy, Quota, RateLimitLayer};
+    /// use axum::Extension;
+    /// use tower_ratelimit::{Decision, Policy, Quota, RateLimitLayer};
+    ///
+    /// async fn handler(Extension(decision): Extension<Decision>) -> String {
+    ///     format!("{} left", decision.remaining())
+    /// }
     ///
     /// let layer = RateLimitLayer::builder()
     ///     .policy(Policy::new("burst", Quota::per_second(5)))
-    ///     .decision_in_extensions(false)
+    ///     .decision_in_extensions(true)
     ///     .build()
     ///     .unwrap();
-    /// # let _ = layer;
+    /// let app: axum::Router = axum::Router::new()
+    ///     .route("/", axum::routing::get(handler))
+    ///     .layer(layer);
+    /// # let _ = app;
     /// ```
     pub fn decision_in_extensions(mut self, attach: bool) -> Self {
         self.settings.attach_decision = attach;

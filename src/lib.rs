@@ -11,6 +11,7 @@ mod decision;
 mod error;
 pub mod future;
 pub mod guide;
+mod intern;
 pub mod key;
 mod layer;
 pub mod limiter;

@@ -104,12 +104,16 @@ impl<St: Store> Engine<St> {
 
     /// The lease an admitted request will hold its concurrency units
     /// under; `None` when `set` has no concurrency policy.
+    #[inline]
     pub(crate) fn lease(
         self: &Arc<Self>,
         key: &Key,
         set: &PolicySet,
         cost: u64,
     ) -> Option<PendingHold> {
+        if !set.has_concurrency() {
+            return None;
+        }
         let every = renew_every(set)?;
         Some(PendingHold(Box::new((
             Arc::clone(self) as Arc<dyn Keeper>,
@@ -200,9 +204,7 @@ fn renew_every(set: &PolicySet) -> Option<Duration> {
 
 /// Whether `set` holds units that must be given back.
 pub(crate) fn has_concurrency(set: &PolicySet) -> bool {
-    set.params()
-        .iter()
-        .any(|p| p.algorithm == Algorithm::Concurrency)
+    set.has_concurrency()
 }
 
 /// A lease id no other holder of a key draws: a counter through a

@@ -13,10 +13,10 @@ use tower_service::Service;
 use crate::config::{FailurePolicy, OnLimit, Shared, UnknownSet};
 use crate::decision::Decision;
 use crate::error::{KeyError, StoreError};
-use crate::future::{ResponseFuture, Step, step};
+use crate::future::{Call, Checking, ResponseFuture, Step, step};
 use crate::key::{Cost, Key, KeyExtractor};
 use crate::limiter::{Held, PendingHold};
-use crate::response::Respond;
+use crate::response::{Respond, Stamp};
 use crate::select::{SelectPolicies, Skip};
 use crate::store::{Check, Store};
 
@@ -141,15 +141,15 @@ where
             return self.call_reserved(req, result, held);
         }
         let shared = &*self.shared;
-        let config = Arc::clone(&shared.config);
+        let config = &*shared.config;
         if shared.skip.skip(&req) {
-            return ResponseFuture::calling(self.inner.call(req), None, None, 0, config);
+            return ResponseFuture::calling(self.inner.call(req), Stamp::NONE, None, false);
         }
         let index = match shared.sets.choose(shared.select.select(&req)) {
             Ok(Some(index)) => index,
             // No set for this request: it is not limited.
             Ok(None) => {
-                return ResponseFuture::calling(self.inner.call(req), None, None, 0, config);
+                return ResponseFuture::calling(self.inner.call(req), Stamp::NONE, None, false);
             }
             Err(UnknownSet) => {
                 #[cfg(feature = "tracing")]
@@ -158,13 +158,13 @@ where
                     "rate limit policies_by chose an unknown policy set"
                 );
                 let answer = M::key_error(&req, KeyError::new(UNKNOWN_SET));
-                return ResponseFuture::done(answer, config);
+                return ResponseFuture::done(answer);
             }
         };
         let key = match shared.key.extract(&req) {
             Ok(Some(key)) => key,
             Ok(None) if shared.reject_missing_key && !config.shadow => {
-                return ResponseFuture::done(M::rejected(&config, index, &req, None), config);
+                return ResponseFuture::done(M::rejected(config, index, &req, None));
             }
             Ok(None) => {
                 #[cfg(feature = "tracing")]
@@ -173,9 +173,9 @@ where
                         "rate limit shadow mode: a request without a key would have been rejected"
                     );
                 }
-                return ResponseFuture::calling(self.inner.call(req), None, None, index, config);
+                return ResponseFuture::calling(self.inner.call(req), Stamp::NONE, None, false);
             }
-            Err(err) => return ResponseFuture::done(M::key_error(&req, err), config),
+            Err(err) => return ResponseFuture::done(M::key_error(&req, err)),
         };
         let cost = shared.cost.cost(&req);
         let engine = &shared.engine;
@@ -186,36 +186,37 @@ where
             .lease(pending.as_ref().map_or(0, PendingHold::id));
         let Some(result) = engine.store.decide_sync(check) else {
             let check = engine.store.decide(check);
-            let call = Box::new((self.inner.clone(), req));
-            return ResponseFuture::checking(check, call, pending, index, config, shared.failure);
+            let call = Box::new(Call {
+                service: self.inner.clone(),
+                req,
+                checking: Some(Checking {
+                    pending,
+                    set: index,
+                    config: Arc::clone(&shared.config),
+                    failure: shared.failure,
+                }),
+            });
+            return ResponseFuture::checking(check, call);
         };
-        match step::<Req, S::Response, S::Error, M>(
-            result,
-            &mut req,
-            index,
-            &config,
-            shared.failure,
-        ) {
-            Step::Call(decision) => {
-                let held = admitted(decision.as_ref())
-                    .and(pending)
-                    .map(|p| p.arm(true));
-                ResponseFuture::calling(self.inner.call(req), decision, held, index, config)
+        let hold_body = config.hold_until_body_end;
+        match step::<Req, S::Response, S::Error, M>(result, &mut req, index, config, shared.failure)
+        {
+            Step::Call { stamp, admitted } => {
+                let held = pending.filter(|_| admitted).map(|p| p.arm(true));
+                ResponseFuture::calling(self.inner.call(req), stamp, held, hold_body)
             }
-            Step::Wait(decision, wait) => {
+            Step::Wait { stamp, wait } => {
                 let held = pending.map(|p| p.arm(true));
-                let call = Box::new((self.inner.clone(), req));
-                ResponseFuture::waiting(decision, wait, call, held, index, config)
+                let call = Box::new(Call {
+                    service: self.inner.clone(),
+                    req,
+                    checking: None,
+                });
+                ResponseFuture::waiting(stamp, wait, call, held, hold_body)
             }
-            Step::Answer(output) => ResponseFuture::done(output, config),
+            Step::Answer(output) => ResponseFuture::done(output),
         }
     }
-}
-
-/// The decision, if it admitted the request: only then does it hold units.
-/// (In shadow mode a refused request is let through holding none.)
-pub(crate) fn admitted(decision: Option<&Decision>) -> Option<&Decision> {
-    decision.filter(|d| d.is_allowed())
 }
 
 impl<S, K, St, C, M, P, F> RateLimit<S, K, St, C, M, P, F>
@@ -288,23 +289,21 @@ where
         M: Respond<Req, S::Response, S::Error>,
     {
         let shared = &*self.shared;
-        let config = Arc::clone(&shared.config);
+        let config = &*shared.config;
         // Pacing happens only for the layer's own set.
         let index = shared.sets.own().unwrap_or(0);
         // The wait is over: an admitted reservation is called at once.
         let result = result.map(Decision::waited);
-        match step::<Req, S::Response, S::Error, M>(
-            result,
-            &mut req,
-            index,
-            &config,
-            shared.failure,
-        ) {
-            Step::Call(decision) => {
-                ResponseFuture::calling(self.inner.call(req), decision, held, index, config)
-            }
-            Step::Wait(..) => unreachable!("a reserved slot has been waited for"),
-            Step::Answer(output) => ResponseFuture::done(output, config),
+        match step::<Req, S::Response, S::Error, M>(result, &mut req, index, config, shared.failure)
+        {
+            Step::Call { stamp, .. } => ResponseFuture::calling(
+                self.inner.call(req),
+                stamp,
+                held,
+                config.hold_until_body_end,
+            ),
+            Step::Wait { .. } => unreachable!("a reserved slot has been waited for"),
+            Step::Answer(output) => ResponseFuture::done(output),
         }
     }
 }

@@ -382,10 +382,11 @@ async fn a_dropped_waiting_request_keeps_its_reservation() {
 }
 
 #[tokio::test]
-async fn handlers_see_the_decision_in_request_extensions() {
+async fn handlers_see_the_decision_in_request_extensions_when_asked_for() {
     let svc = tower::Layer::layer(
         &RateLimitLayer::builder()
             .policy(Policy::new("burst", Quota::per_minute(10)))
+            .decision_in_extensions(true)
             .build()
             .unwrap(),
         service_fn(|req: Req| async move {
@@ -406,10 +407,9 @@ async fn handlers_see_the_decision_in_request_extensions() {
 }
 
 #[tokio::test]
-async fn the_decision_can_be_left_out_of_request_extensions() {
+async fn the_decision_is_left_out_of_request_extensions_by_default() {
     let svc = RateLimitLayer::builder()
         .policy(Policy::new("burst", Quota::per_minute(10)))
-        .decision_in_extensions(false)
         .build()
         .unwrap()
         .layer(service_fn(|req: Req| async move {

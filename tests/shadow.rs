@@ -51,6 +51,7 @@ async fn shadow_mode_lets_everything_through_and_says_what_would_have_happened()
         .store(store)
         .policy(Policy::new("burst", Quota::per_minute(2)))
         .shadow()
+        .decision_in_extensions(true)
         .build()
         .unwrap()
         .layer(echo_decision());
@@ -98,6 +99,7 @@ async fn shadow_mode_never_waits() {
             max: Duration::from_secs(10),
         })
         .shadow()
+        .decision_in_extensions(true)
         .build()
         .unwrap()
         .layer(echo_decision());
@@ -120,6 +122,7 @@ async fn shadow_mode_lets_keyless_requests_and_store_failures_through() {
         .key(Header::new("x-api-key"))
         .reject_missing_key()
         .shadow()
+        .decision_in_extensions(true)
         .build()
         .unwrap()
         .layer(echo_decision());
@@ -143,6 +146,7 @@ async fn shadow_mode_lets_keyless_requests_and_store_failures_through() {
         .policy(Policy::new("p", Quota::per_minute(1)))
         .on_store_failure(FailurePolicy::FailClosed)
         .shadow()
+        .decision_in_extensions(true)
         .build()
         .unwrap()
         .layer(echo_decision());
@@ -168,6 +172,7 @@ async fn a_shadow_rejected_request_holds_no_concurrency_units() {
         .store(store.clone())
         .policy(Policy::concurrency("in-flight", 1))
         .shadow()
+        .decision_in_extensions(true)
         .build()
         .unwrap()
         .layer(gated);

@@ -180,6 +180,35 @@ impl Key {
     }
 }
 
+/// A key as the in-memory store keeps it: integers and addresses inline,
+/// anything else as the key itself.
+#[cfg(feature = "memory")]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Parts<'a> {
+    Global,
+    Int(u64),
+    V4(u32),
+    V6([u64; 2]),
+    Other(&'a Key),
+}
+
+#[cfg(feature = "memory")]
+impl Key {
+    #[inline]
+    pub(crate) fn parts(&self) -> Parts<'_> {
+        match &self.0 {
+            Repr::Global => Parts::Global,
+            Repr::Int(n) => Parts::Int(*n),
+            Repr::Ip(IpAddr::V4(ip)) => Parts::V4(u32::from(*ip)),
+            Repr::Ip(IpAddr::V6(ip)) => {
+                let n = u128::from(*ip);
+                Parts::V6([n as u64, (n >> 64) as u64])
+            }
+            Repr::Str(_) | Repr::Bytes(_) | Repr::Composite(_) => Parts::Other(self),
+        }
+    }
+}
+
 impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {

@@ -8,6 +8,7 @@ use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::decision::{Decision, PolicyDecision};
+use crate::intern;
 use crate::quota::{Algorithm, Policy, PolicySet};
 
 /// Which rate-limit headers responses carry.
@@ -112,80 +113,282 @@ pub(crate) fn pushback_millis(wait: Duration) -> u64 {
     u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
-/// The `RateLimit-Policy` value for `set`, made once when the layer is
-/// built.
-pub(crate) fn policy_header(set: &PolicySet) -> Option<HeaderValue> {
-    let mut value = String::new();
-    for (i, p) in set.policies().iter().enumerate() {
-        let sep = if i == 0 { "" } else { ", " };
-        let (limit, window) = policy_figures(p);
-        let _ = write!(value, "{sep}\"{}\";q={limit}", p.name());
-        // A concurrency policy has no window; its unit says what it counts.
-        let _ = match window {
-            Some(w) => write!(value, ";w={w}"),
-            None => write!(value, ";qu=\"concurrent-requests\""),
-        };
-    }
-    // Names are checked to be plain ASCII, so this cannot fail.
-    HeaderValue::try_from(value).ok()
+/// What a layer's answers say of one of its policy sets, made once when
+/// the layer is built: the `RateLimit-Policy` value, interned (cloning it
+/// copies a pointer), and the start of each policy's `RateLimit` item.
+#[derive(Debug)]
+pub(crate) struct SetFields {
+    policy: Option<&'static HeaderValue>,
+    /// `"name";r=` for each policy, in the set's order.
+    items: Box<[Box<[u8]>]>,
 }
 
-/// Adds the fields of `style` for `decision` to `headers`. `policy` is the
-/// `RateLimit-Policy` value of the set the decision was made for.
-pub(crate) fn add(
-    style: HeaderStyle,
-    headers: &mut HeaderMap,
-    policy: Option<&HeaderValue>,
-    decision: &Decision,
-) {
+impl SetFields {
+    pub(crate) fn new(set: &PolicySet) -> Self {
+        let mut value = String::new();
+        for (i, p) in set.policies().iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            let (limit, window) = policy_figures(p);
+            let _ = write!(value, "{sep}\"{}\";q={limit}", p.name());
+            // A concurrency policy has no window; its unit says what it counts.
+            let _ = match window {
+                Some(w) => write!(value, ";w={w}"),
+                None => write!(value, ";qu=\"concurrent-requests\""),
+            };
+        }
+        let items = set
+            .policies()
+            .iter()
+            .map(|p| {
+                format!("\"{}\";r=", p.name())
+                    .into_bytes()
+                    .into_boxed_slice()
+            })
+            .collect();
+        Self {
+            // Names are checked to be plain ASCII, so this cannot fail.
+            policy: intern::header_value(&value),
+            items,
+        }
+    }
+}
+
+/// The rate-limit fields of one response, made when its decision is: all
+/// the response needs of the decision, so the decision itself need not be
+/// kept while the inner service works. Opaque.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct Stamp(pub(crate) Fields);
+
+#[derive(Debug, Default)]
+pub(crate) enum Fields {
+    /// No fields: [`HeaderStyle::None`], or no decision (a store that failed
+    /// open).
+    #[default]
+    None,
+    Ietf {
+        policy: Option<&'static HeaderValue>,
+        ratelimit: HeaderValue,
+    },
+    Legacy {
+        limit: u64,
+        remaining: u64,
+        reset: u64,
+    },
+}
+
+/// A field value is written here: one policy's `RateLimit` item always
+/// fits (a name of at most 64 bytes and two numbers of at most 15 digits),
+/// so making the value is one allocation, of its exact size; several
+/// policies may spill to the heap.
+struct Buf {
+    bytes: [u8; 128],
+    len: usize,
+    spilled: Option<Vec<u8>>,
+}
+
+/// `00` to `99`, for writing two digits at a time.
+const PAIRS: [u8; 200] = {
+    let mut out = [0_u8; 200];
+    let mut n = 0;
+    while n < 100 {
+        out[2 * n] = b'0' + (n / 10) as u8;
+        out[2 * n + 1] = b'0' + (n % 10) as u8;
+        n += 1;
+    }
+    out
+};
+
+impl Buf {
+    fn new() -> Self {
+        Self {
+            bytes: [0; 128],
+            len: 0,
+            spilled: None,
+        }
+    }
+
+    /// Room for `n` more bytes on the stack, or `None` once spilled.
+    fn room(&mut self, n: usize) -> Option<&mut [u8]> {
+        if self.spilled.is_none() && self.len + n <= self.bytes.len() {
+            let room = &mut self.bytes[self.len..self.len + n];
+            self.len += n;
+            return Some(room);
+        }
+        if self.spilled.is_none() {
+            self.spilled = Some(self.bytes[..self.len].to_vec());
+        }
+        None
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        match self.room(data.len()) {
+            Some(room) => room.copy_from_slice(data),
+            None => self
+                .spilled
+                .get_or_insert_with(Vec::new)
+                .extend_from_slice(data),
+        }
+    }
+
+    fn push_u64(&mut self, mut n: u64) {
+        let mut digits = [0_u8; 20];
+        let mut i = digits.len();
+        while n >= 100 {
+            let pair = (n % 100) as usize * 2;
+            n /= 100;
+            i -= 2;
+            digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        }
+        if n >= 10 {
+            let pair = n as usize * 2;
+            i -= 2;
+            digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        } else {
+            i -= 1;
+            digits[i] = b'0' + n as u8;
+        }
+        self.push(&digits[i..]);
+    }
+
+    fn value(&self) -> Option<HeaderValue> {
+        let bytes = match &self.spilled {
+            None => &self.bytes[..self.len],
+            Some(v) => &v[..],
+        };
+        HeaderValue::from_bytes(bytes).ok()
+    }
+}
+
+/// The fields of `style` for `decision`, made against the set `fields`
+/// describe.
+pub(crate) fn stamp(style: HeaderStyle, fields: Option<&SetFields>, decision: &Decision) -> Stamp {
     let policies = decision.policies();
-    if policies.is_empty() {
-        return;
+    if policies.is_empty() || style == HeaderStyle::None {
+        return Stamp::NONE;
     }
     match style {
         HeaderStyle::Ietf => {
-            if let Some(v) = policy {
-                append_list(headers, &RATELIMIT_POLICY, v.clone());
-            }
-            // Hand-built: this runs on every response.
-            let mut value = Vec::with_capacity(32 * policies.len());
+            let mut value = Buf::new();
             for (i, p) in policies.iter().enumerate() {
                 if i > 0 {
-                    value.extend_from_slice(b", ");
+                    value.push(b", ");
                 }
                 let figures = Figures::of(p);
-                value.push(b'"');
-                value.extend_from_slice(p.name().as_bytes());
-                value.extend_from_slice(b"\";r=");
-                push_u64(&mut value, figures.remaining);
+                match fields.and_then(|f| f.items.get(i)) {
+                    Some(item) => value.push(item),
+                    None => {
+                        value.push(b"\"");
+                        value.push(p.name().as_bytes());
+                        value.push(b"\";r=");
+                    }
+                }
+                value.push_u64(figures.remaining);
                 if let Some(t) = figures.reset {
-                    value.extend_from_slice(b";t=");
-                    push_u64(&mut value, t);
+                    value.push(b";t=");
+                    value.push_u64(t);
                 }
             }
-            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-                append_list(headers, &RATELIMIT, v);
+            match value.value() {
+                Some(ratelimit) => Stamp(Fields::Ietf {
+                    policy: fields.and_then(|f| f.policy),
+                    ratelimit,
+                }),
+                None => Stamp::NONE,
             }
         }
         HeaderStyle::Legacy => {
             // The policy closest to its limit speaks for the request, and
             // for every layer it passes through.
             let Some(p) = policies.iter().min_by_key(|p| p.remaining()) else {
-                return;
+                return Stamp::NONE;
             };
             let figures = Figures::of(p);
-            let inner = headers
-                .get(&X_REMAINING)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if inner.is_some_and(|r| r <= figures.remaining) {
-                return;
-            }
-            headers.insert(X_LIMIT.clone(), field_integer(p.limit()).into());
-            headers.insert(X_REMAINING.clone(), figures.remaining.into());
-            headers.insert(X_RESET.clone(), figures.reset.unwrap_or(0).into());
+            Stamp(Fields::Legacy {
+                limit: field_integer(p.limit()),
+                remaining: figures.remaining,
+                reset: figures.reset.unwrap_or(0),
+            })
         }
-        HeaderStyle::None => {}
+        HeaderStyle::None => Stamp::NONE,
     }
+}
+
+impl Stamp {
+    /// No fields.
+    pub(crate) const NONE: Stamp = Stamp(Fields::None);
+
+    /// Adds the fields to `headers`.
+    #[inline]
+    pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        match self.0 {
+            Fields::None => {}
+            Fields::Ietf { policy, ratelimit } => {
+                if let Some(v) = policy {
+                    append_list(headers, &RATELIMIT_POLICY, v.clone());
+                }
+                append_list(headers, &RATELIMIT, ratelimit);
+            }
+            Fields::Legacy {
+                limit,
+                remaining,
+                reset,
+            } => {
+                let inner = headers
+                    .get(&X_REMAINING)
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                if inner.is_some_and(|r| r <= remaining) {
+                    return;
+                }
+                headers.insert(X_LIMIT.clone(), integer(limit));
+                headers.insert(X_REMAINING.clone(), integer(remaining));
+                headers.insert(X_RESET.clone(), integer(reset));
+            }
+        }
+    }
+}
+
+/// The decimal numbers below 1000, back to back: `0123…99100…999`.
+const SMALL: [u8; 2890] = {
+    let mut out = [0_u8; 2890];
+    let (mut n, mut i) = (0, 0);
+    while n < 1000 {
+        if n >= 100 {
+            out[i] = b'0' + (n / 100) as u8;
+            i += 1;
+        }
+        if n >= 10 {
+            out[i] = b'0' + (n / 10 % 10) as u8;
+            i += 1;
+        }
+        out[i] = b'0' + (n % 10) as u8;
+        i += 1;
+        n += 1;
+    }
+    out
+};
+
+static SMALL_STR: &str = match std::str::from_utf8(&SMALL) {
+    Ok(s) => s,
+    Err(_) => panic!("digits are ASCII"),
+};
+
+/// `n` as a header value. Numbers below 1000 (most `Retry-After` seconds,
+/// content lengths and remaining counts) are slices of one static string,
+/// so they cost no allocation; larger ones one, of their exact size.
+pub(crate) fn integer(n: u64) -> HeaderValue {
+    let (start, len) = match n {
+        0..10 => (n, 1),
+        10..100 => (10 + 2 * (n - 10), 2),
+        100..1000 => (190 + 3 * (n - 100), 3),
+        _ => {
+            let mut digits = Buf::new();
+            digits.push_u64(n);
+            return digits.value().unwrap_or_else(|| HeaderValue::from(n));
+        }
+    };
+    let start = start as usize;
+    HeaderValue::from_static(&SMALL_STR[start..start + len])
 }
 
 /// Adds `items` to the list field `name`: as the field when it is absent,
@@ -207,18 +410,4 @@ fn append_list(headers: &mut HeaderMap, name: &HeaderName, items: HeaderValue) {
             }
         }
     }
-}
-
-pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0_u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }

@@ -30,9 +30,10 @@ mod rejection;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 
 pub use body::ResponseBody;
+pub use headers::Stamp;
 pub use headers::{HeaderStyle, MAX_FIELD_INTEGER, whole_seconds};
 pub use rejection::Rejection;
 
@@ -48,12 +49,16 @@ static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 static GRPC_PUSHBACK: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+// Checked once, at compile time; cloning a static value copies a pointer.
+static TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
+static PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+static GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
 
 /// What the layer knows about answering, fixed at build time.
 pub struct ResponseConfig {
     style: HeaderStyle,
-    /// The `RateLimit-Policy` value of each of the layer's policy sets.
-    policy_headers: Box<[Option<HeaderValue>]>,
+    /// What the fields say of each of the layer's policy sets.
+    fields: Box<[headers::SetFields]>,
     on_rejection: Option<Hook>,
     pub(crate) attach_decision: bool,
     pub(crate) hold_until_body_end: bool,
@@ -64,7 +69,7 @@ impl std::fmt::Debug for ResponseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseConfig")
             .field("style", &self.style)
-            .field("policy_headers", &self.policy_headers)
+            .field("fields", &self.fields)
             .field("on_rejection", &self.on_rejection.is_some())
             .field("shadow", &self.shadow)
             .finish_non_exhaustive()
@@ -85,7 +90,7 @@ impl ResponseConfig {
     pub(crate) fn new(a: Answering<'_>) -> Self {
         Self {
             style: a.style,
-            policy_headers: a.sets.iter().map(|s| headers::policy_header(s)).collect(),
+            fields: a.sets.iter().map(|s| headers::SetFields::new(s)).collect(),
             on_rejection: a.on_rejection,
             attach_decision: a.attach_decision,
             hold_until_body_end: a.hold_until_body_end,
@@ -93,11 +98,11 @@ impl ResponseConfig {
         }
     }
 
-    /// Adds the configured rate-limit headers for `decision`, made against
-    /// policy set `set`, to `headers`.
-    pub(crate) fn add_headers(&self, headers: &mut HeaderMap, set: usize, decision: &Decision) {
-        let policy = self.policy_headers.get(set).and_then(Option::as_ref);
-        headers::add(self.style, headers, policy, decision);
+    /// The configured rate-limit fields for `decision`, made against
+    /// policy set `set`.
+    #[inline]
+    pub(crate) fn stamp(&self, set: usize, decision: &Decision) -> Stamp {
+        headers::stamp(self.style, self.fields.get(set), decision)
     }
 }
 
@@ -118,15 +123,9 @@ pub trait Respond<Req, Res, E>: sealed::Sealed + Send + Sync + 'static {
     type Error;
 
     #[doc(hidden)]
-    fn attach(req: &mut Req, decision: &Decision);
+    fn attach(req: &mut Req, decision: Decision);
     #[doc(hidden)]
-    fn allowed(
-        cfg: &ResponseConfig,
-        set: usize,
-        res: Res,
-        decision: Option<&Decision>,
-        held: Option<Held>,
-    ) -> Self::Response;
+    fn allowed(res: Res, stamp: Stamp, held: Option<Held>) -> Self::Response;
     #[doc(hidden)]
     fn rejected(
         cfg: &ResponseConfig,
@@ -165,24 +164,20 @@ fn plain<ReqB, B>(
     if protocol.is_grpc() {
         return trailers_only(req, protocol, grpc_status, text);
     }
-    full(
-        status,
-        "text/plain; charset=utf-8",
-        Bytes::from_static(text.as_bytes()),
-    )
+    full(status, &TEXT, Bytes::from_static(text.as_bytes()))
 }
 
 fn full<B>(
     status: StatusCode,
-    content_type: &'static str,
+    content_type: &'static HeaderValue,
     body: Bytes,
 ) -> http::Response<ResponseBody<B>> {
     let len = body.len();
     let mut res = http::Response::new(ResponseBody::full(body));
     *res.status_mut() = status;
     let headers = res.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(CONTENT_LENGTH, len.into());
+    headers.insert(CONTENT_TYPE, content_type.clone());
+    headers.insert(CONTENT_LENGTH, headers::integer(len as u64));
     res
 }
 
@@ -200,10 +195,7 @@ fn trailers_only<ReqB, B>(
         Protocol::GrpcWeb | Protocol::GrpcWebText => req.headers().get(CONTENT_TYPE).cloned(),
         _ => None,
     };
-    headers.insert(
-        CONTENT_TYPE,
-        content_type.unwrap_or(HeaderValue::from_static("application/grpc")),
-    );
+    headers.insert(CONTENT_TYPE, content_type.unwrap_or_else(|| GRPC.clone()));
     headers.insert(GRPC_STATUS.clone(), HeaderValue::from_static(grpc_status));
     let message = HeaderValue::from_str(message).unwrap_or(HeaderValue::from_static("error"));
     headers.insert(GRPC_MESSAGE.clone(), message);
@@ -242,7 +234,7 @@ fn built_in<ReqB, B>(
         let json = problem::problem_json(decision);
         return full(
             StatusCode::TOO_MANY_REQUESTS,
-            "application/problem+json",
+            &PROBLEM_JSON,
             Bytes::from(json),
         );
     }
@@ -252,7 +244,7 @@ fn built_in<ReqB, B>(
     };
     full(
         StatusCode::TOO_MANY_REQUESTS,
-        "text/plain; charset=utf-8",
+        &TEXT,
         Bytes::from_static(text.as_bytes()),
     )
 }
@@ -263,22 +255,15 @@ impl<ReqBody, ResBody, E> Respond<http::Request<ReqBody>, http::Response<ResBody
     type Response = http::Response<ResponseBody<ResBody>>;
     type Error = E;
 
-    fn attach(req: &mut http::Request<ReqBody>, decision: &Decision) {
-        req.extensions_mut().insert(decision.clone());
+    fn attach(req: &mut http::Request<ReqBody>, decision: Decision) {
+        req.extensions_mut().insert(decision);
     }
 
-    fn allowed(
-        cfg: &ResponseConfig,
-        set: usize,
-        res: http::Response<ResBody>,
-        decision: Option<&Decision>,
-        held: Option<Held>,
-    ) -> Self::Response {
-        let held = held.filter(|_| cfg.hold_until_body_end);
+    /// `held` is what the body keeps until it ends: `None` unless the
+    /// layer holds permits until then.
+    fn allowed(res: http::Response<ResBody>, stamp: Stamp, held: Option<Held>) -> Self::Response {
         let mut res = res.map(|body| ResponseBody::holding(body, held));
-        if let Some(d) = decision {
-            cfg.add_headers(res.headers_mut(), set, d);
-        }
+        stamp.apply(res.headers_mut());
         res
     }
 
@@ -312,13 +297,16 @@ impl<ReqBody, ResBody, E> Respond<http::Request<ReqBody>, http::Response<ResBody
             .retry_after()
             .filter(|_| !headers.contains_key(RETRY_AFTER))
         {
-            headers.insert(RETRY_AFTER, headers::retry_after_seconds(wait).into());
+            headers.insert(
+                RETRY_AFTER,
+                headers::integer(headers::retry_after_seconds(wait)),
+            );
         }
         let has_own = custom
             && (headers.contains_key(&headers::RATELIMIT)
                 || headers.contains_key(&X_RATELIMIT_REMAINING));
         if !has_own {
-            cfg.add_headers(headers, set, d);
+            cfg.stamp(set, d).apply(headers);
         }
         Ok(res)
     }
@@ -355,15 +343,9 @@ where
     type Response = Res;
     type Error = BoxError;
 
-    fn attach(_: &mut Req, _: &Decision) {}
+    fn attach(_: &mut Req, _: Decision) {}
 
-    fn allowed(
-        _: &ResponseConfig,
-        _: usize,
-        res: Res,
-        _: Option<&Decision>,
-        _: Option<Held>,
-    ) -> Res {
+    fn allowed(res: Res, _: Stamp, _: Option<Held>) -> Res {
         res
     }
 
