@@ -42,6 +42,49 @@ pub enum FailurePolicy {
     /// Turn the request away: `503 Service Unavailable` (gRPC status 14),
     /// or the [`StoreError`](crate::StoreError) for non-HTTP services.
     FailClosed,
+    /// Decide in a local in-memory store while the shared store fails,
+    /// each policy's limit and burst divided by `instances` (rounded up):
+    /// this instance's share of a quota that `instances` instances share.
+    /// Every request still asks the shared store first (unless it is
+    /// cooling down after repeated failures), so decisions go back to it as
+    /// soon as it answers. Decisions made locally say so
+    /// ([`Decision::is_degraded`](crate::Decision::is_degraded)).
+    ///
+    /// The local counts start empty and are not merged back: while the
+    /// store fails, the instances together admit about what the shared
+    /// quota would, if `instances` is right; fewer instances than that admit
+    /// less, more admit more.
+    ///
+    /// ```
+    /// use tower_ratelimit::{FailurePolicy, Policy, Quota, RateLimitLayer};
+    ///
+    /// // Four instances share 1000 a minute: 250 each while Redis is down.
+    /// let layer = RateLimitLayer::builder()
+    ///     .policy(Policy::new("api", Quota::per_minute(1000)))
+    ///     .on_store_failure(FailurePolicy::Fallback { instances: 4 })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    #[cfg(feature = "memory")]
+    Fallback {
+        /// How many instances share the quota (at least 1).
+        instances: u32,
+    },
+}
+
+impl FailurePolicy {
+    /// Checks the policy's numbers.
+    pub(crate) fn check(self) -> Result<Self, crate::ConfigError> {
+        #[cfg(feature = "memory")]
+        if let FailurePolicy::Fallback { instances: 0 } = self {
+            return Err(crate::ConfigError::new(
+                "instances",
+                "of a fallback must be at least 1: the instances sharing the quota",
+            ));
+        }
+        Ok(self)
+    }
 }
 
 /// The state every clone of a [`RateLimit`](crate::RateLimit) service

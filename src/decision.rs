@@ -26,6 +26,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     allowed: bool,
+    /// Made without the shared store (a fallback's local decision).
+    degraded: bool,
     at_micros: u64,
     /// µs: the wait when admitted, the retry time when not; `NEVER` when
     /// the request can never be admitted.
@@ -57,10 +59,26 @@ impl Decision {
     pub(crate) fn new(allowed: bool, at_micros: u64, gap: u64, policies: Policies) -> Self {
         Self {
             allowed,
+            degraded: false,
             at_micros,
             gap,
             policies,
         }
+    }
+
+    /// The same decision, made without the shared store.
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    pub(crate) fn into_degraded(mut self) -> Self {
+        self.degraded = true;
+        self
+    }
+
+    /// Whether this was decided without the shared store: the store failed
+    /// and [`FailurePolicy::Fallback`](crate::FailurePolicy) decided on this
+    /// instance's share of the quota instead.
+    #[must_use]
+    pub fn is_degraded(&self) -> bool {
+        self.degraded
     }
 
     /// The same decision once its wait is over.

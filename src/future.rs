@@ -78,9 +78,18 @@ pub(crate) enum Step<O> {
     /// Call the inner service now; `admitted` when the decision admitted
     /// the request (not when shadow mode let it through, nor when the
     /// store failed open), so it holds the units it was charged.
-    Call { stamp: Stamp, admitted: bool },
+    /// `degraded` when a fallback decided it, and holds its units.
+    Call {
+        stamp: Stamp,
+        admitted: bool,
+        degraded: bool,
+    },
     /// Call it when the reserved slot comes.
-    Wait { stamp: Stamp, wait: Duration },
+    Wait {
+        stamp: Stamp,
+        wait: Duration,
+        degraded: bool,
+    },
     /// Answer without calling it.
     Answer(O),
 }
@@ -107,27 +116,35 @@ where
             }
             let stamp = config.stamp(set, &decision);
             let admitted = decision.is_allowed();
+            let degraded = decision.is_degraded();
             let wait = decision.wait();
             if config.attach_decision {
                 M::attach(req, decision);
             }
             if wait.is_zero() || config.shadow {
-                Step::Call { stamp, admitted }
+                Step::Call {
+                    stamp,
+                    admitted,
+                    degraded,
+                }
             } else {
-                Step::Wait { stamp, wait }
+                Step::Wait {
+                    stamp,
+                    wait,
+                    degraded,
+                }
             }
         }
         Ok(decision) => Step::Answer(M::rejected(config, set, req, Some(&decision))),
         Err(err) => match failure {
             FailurePolicy::FailClosed if !config.shadow => Step::Answer(M::store_error(req, err)),
+            // The engine logged the failure.
             _ => {
-                #[cfg(feature = "tracing")]
-                tracing::warn!(error = %err, "rate limit store failed; letting the request through");
-                #[cfg(not(feature = "tracing"))]
                 let _ = err;
                 Step::Call {
                     stamp: Stamp::NONE,
                     admitted: false,
+                    degraded: false,
                 }
             }
         },
@@ -244,15 +261,23 @@ where
                     );
                     *this.hold_body = checking.config.hold_until_body_end;
                     match step {
-                        Step::Call { stamp, admitted } => {
+                        Step::Call {
+                            stamp,
+                            admitted,
+                            degraded,
+                        } => {
                             if admitted {
-                                *this.held = checking.pending.map(|p| p.arm(false));
+                                *this.held = checking.pending.map(|p| p.arm(false, degraded));
                             }
                             *this.stamp = stamp;
                             this.state.set(State::Readying);
                         }
-                        Step::Wait { stamp, wait } => {
-                            *this.held = checking.pending.map(|p| p.arm(false));
+                        Step::Wait {
+                            stamp,
+                            wait,
+                            degraded,
+                        } => {
+                            *this.held = checking.pending.map(|p| p.arm(false, degraded));
                             *this.stamp = stamp;
                             // The slot is reserved: sleeping is all that is left.
                             let until = Instant::now() + wait;

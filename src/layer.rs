@@ -661,7 +661,7 @@ impl<K, St, C, M, P, F> RateLimitLayerBuilder<K, St, C, M, P, F> {
                 select: self.select,
                 skip: self.skip,
                 sets,
-                engine: Arc::new(Engine::new(self.store, first)),
+                engine: Arc::new(Engine::new(self.store, first, settings.failure.check()?)),
                 on_limit: settings.on_limit,
                 reject_missing_key: settings.reject_missing_key,
                 failure: settings.failure,

@@ -9,6 +9,7 @@ pub mod clock;
 mod config;
 mod decision;
 mod error;
+mod fallback;
 pub mod future;
 pub mod guide;
 mod intern;

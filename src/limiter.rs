@@ -44,8 +44,10 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
 
+use crate::config::FailurePolicy;
 use crate::decision::Decision;
 use crate::error::{AcquireError, ConfigError, RateLimited, StoreError};
+use crate::fallback::{DecideFuture, Failover, FailureLog, Local, Redo};
 use crate::key::Key;
 use crate::quota::{Algorithm, Policy, PolicySet};
 #[cfg(feature = "memory")]
@@ -59,23 +61,53 @@ pub(crate) struct Engine<St> {
     pub(crate) policies: PolicySet,
     /// Wakes local waiters for a permit when one is released here.
     released: Notify,
+    /// Decides while the store fails, with `FailurePolicy::Fallback`.
+    fallback: Option<Local>,
+    failures: FailureLog,
 }
 
 impl<St: Store> Engine<St> {
-    pub(crate) fn new(store: St, policies: PolicySet) -> Self {
+    pub(crate) fn new(store: St, policies: PolicySet, failure: FailurePolicy) -> Self {
+        let fallback = match failure {
+            #[cfg(feature = "memory")]
+            FailurePolicy::Fallback { instances } => Some(Local::new(u64::from(instances.max(1)))),
+            _ => None,
+        };
         Self {
             store,
             policies,
             released: Notify::new(),
+            fallback,
+            failures: FailureLog::new(),
         }
+    }
+
+    /// The store's answer if it gives one at once (an in-memory store),
+    /// through the failure handling.
+    #[inline]
+    pub(crate) fn decide_now(&self, check: Check<'_>) -> Option<Result<Decision, StoreError>> {
+        match self.store.decide_sync(check)? {
+            Ok(d) => Some(Ok(d)),
+            Err(e) => Some(self.failed(e, Some(check))),
+        }
+    }
+
+    /// The store's answer to come, through the failure handling.
+    pub(crate) fn decide_later(self: &Arc<Self>, check: Check<'_>) -> DecideFuture<St::Future> {
+        let redo = self.fallback.as_ref().map(|_| Box::new(Redo::of(&check)));
+        DecideFuture::new(
+            self.store.decide(check),
+            Arc::clone(self) as Arc<dyn Failover>,
+            redo,
+        )
     }
 
     /// Decides at once where the store can, else awaits it. `true` with
     /// the answer when it came at once.
-    async fn decide(&self, check: Check<'_>) -> (Result<Decision, StoreError>, bool) {
-        match self.store.decide_sync(check) {
+    async fn decide(self: &Arc<Self>, check: Check<'_>) -> (Result<Decision, StoreError>, bool) {
+        match self.decide_now(check) {
             Some(result) => (result, true),
-            None => (self.store.decide(check).await, false),
+            None => (self.decide_later(check).await, false),
         }
     }
 
@@ -96,7 +128,7 @@ impl<St: Store> Engine<St> {
         let (decision, local) = self.decide(check).await;
         let decision = decision?;
         let held = match decision.is_allowed() {
-            true => pending.map(|p| p.arm(local)),
+            true => pending.map(|p| p.arm(local, decision.is_degraded())),
             false => None,
         };
         Ok((decision, held))
@@ -123,6 +155,7 @@ impl<St: Store> Engine<St> {
                 id: lease_id(),
                 cost,
                 every,
+                degraded: false,
             },
         ))))
     }
@@ -136,9 +169,33 @@ trait Keeper: Send + Sync {
     fn keep(self: Arc<Self>, lease: Lease, released: oneshot::Receiver<()>);
 }
 
+impl<St: Store> Failover for Engine<St> {
+    fn failed(&self, err: StoreError, check: Option<Check<'_>>) -> Result<Decision, StoreError> {
+        if let Some(skipped) = self.failures.note() {
+            #[cfg(feature = "tracing")]
+            tracing::warn!(
+                error = %err,
+                skipped,
+                fallback = self.fallback.is_some(),
+                "rate limit store failed (failures since the last one logged: `skipped`)"
+            );
+            #[cfg(not(feature = "tracing"))]
+            let _ = skipped;
+        }
+        match (&self.fallback, check) {
+            (Some(local), Some(check)) => Ok(local.decide(check)),
+            _ => Err(err),
+        }
+    }
+}
+
 impl<St: Store> Keeper for Engine<St> {
     fn release_now(&self, lease: &Lease) {
-        let _ = self.store.decide_sync(lease.check(Op::Release));
+        let check = lease.check(Op::Release);
+        match (&self.fallback, lease.degraded) {
+            (Some(local), true) => drop(local.decide(check)),
+            _ => drop(self.store.decide_sync(check)),
+        }
         self.released.notify_waiters();
     }
 
@@ -181,9 +238,12 @@ impl PendingHold {
 
     /// The request was admitted: hold its units until the hold is dropped.
     /// `local` says the store decided at once, and releases at once too.
-    pub(crate) fn arm(self, local: bool) -> Held {
-        let (keeper, lease) = *self.0;
-        if local {
+    /// `degraded` says a fallback decided it: the units are held there,
+    /// and given back there at once.
+    pub(crate) fn arm(self, local: bool, degraded: bool) -> Held {
+        let (keeper, mut lease) = *self.0;
+        lease.degraded = degraded;
+        if local || degraded {
             return Held(Some(HoldKind::Now(Box::new((keeper, lease)))));
         }
         let (tx, rx) = oneshot::channel();
@@ -229,6 +289,8 @@ struct Lease {
     cost: u64,
     /// How often it is renewed.
     every: Duration,
+    /// Held in the fallback's local store.
+    degraded: bool,
 }
 
 impl Lease {
@@ -594,6 +656,7 @@ pub struct RateLimiterBuilder<St> {
     store: St,
     policies: Vec<Policy>,
     max_wait: Duration,
+    failure: FailurePolicy,
 }
 
 impl<St> fmt::Debug for RateLimiterBuilder<St> {
@@ -601,6 +664,7 @@ impl<St> fmt::Debug for RateLimiterBuilder<St> {
         f.debug_struct("RateLimiterBuilder")
             .field("policies", &self.policies)
             .field("max_wait", &self.max_wait)
+            .field("failure", &self.failure)
             .finish_non_exhaustive()
     }
 }
@@ -612,6 +676,7 @@ impl<St> RateLimiterBuilder<St> {
             store,
             policies: Vec::new(),
             max_wait: Duration::MAX,
+            failure: FailurePolicy::FailClosed,
         }
     }
 
@@ -622,6 +687,7 @@ impl<St> RateLimiterBuilder<St> {
             store,
             policies: self.policies,
             max_wait: self.max_wait,
+            failure: self.failure,
         }
     }
 
@@ -663,6 +729,29 @@ impl<St> RateLimiterBuilder<St> {
         self
     }
 
+    /// What a call does when the store fails (default:
+    /// [`FailurePolicy::FailClosed`], the call returns the
+    /// [`StoreError`]). [`FailurePolicy::FailOpen`] also returns the error
+    /// (the caller decides whether to go ahead); only
+    /// [`FailurePolicy::Fallback`] changes the answer, deciding on this
+    /// instance's share of the quota in memory. Either way a failing store
+    /// is logged at most once a second (with the `tracing` feature).
+    ///
+    /// ```
+    /// use tower_ratelimit::{FailurePolicy, Policy, Quota, RateLimiter};
+    ///
+    /// let limiter = RateLimiter::builder()
+    ///     .policy(Policy::new("jobs", Quota::per_second(100)))
+    ///     .on_store_failure(FailurePolicy::Fallback { instances: 4 })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = limiter;
+    /// ```
+    pub fn on_store_failure(mut self, failure: FailurePolicy) -> Self {
+        self.failure = failure;
+        self
+    }
+
     /// Checks the configuration and makes the limiter.
     ///
     /// # Errors
@@ -675,7 +764,7 @@ impl<St> RateLimiterBuilder<St> {
     {
         let policies = PolicySet::new(self.policies)?;
         Ok(RateLimiter {
-            engine: Arc::new(Engine::new(self.store, policies)),
+            engine: Arc::new(Engine::new(self.store, policies, self.failure.check()?)),
             max_wait: self.max_wait,
         })
     }

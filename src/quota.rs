@@ -759,6 +759,12 @@ impl PolicySet {
         &self.params
     }
 
+    /// Whether `other` is this very set (a clone of it), not just an equal one.
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    pub(crate) fn same_as(&self, other: &PolicySet) -> bool {
+        Arc::ptr_eq(&self.policies, &other.policies)
+    }
+
     /// Whether a policy is a [`Concurrency`](Algorithm::Concurrency) one.
     pub(crate) fn has_concurrency(&self) -> bool {
         self.concurrency

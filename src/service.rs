@@ -13,6 +13,7 @@ use tower_service::Service;
 use crate::config::{FailurePolicy, OnLimit, Shared, UnknownSet};
 use crate::decision::Decision;
 use crate::error::{KeyError, StoreError};
+use crate::fallback::DecideFuture;
 use crate::future::{Call, Checking, ResponseFuture, Step, step};
 use crate::key::{Cost, Key, KeyExtractor};
 use crate::limiter::{Held, PendingHold};
@@ -115,7 +116,7 @@ where
 {
     type Response = M::Response;
     type Error = M::Error;
-    type Future = ResponseFuture<S, Req, St::Future, M>;
+    type Future = ResponseFuture<S, Req, DecideFuture<St::Future>, M>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         if let Some((key, cost, set)) = self.paced() {
@@ -184,8 +185,8 @@ where
         let check = Check::new(&key, set, cost)
             .max_wait(shared.max_wait())
             .lease(pending.as_ref().map_or(0, PendingHold::id));
-        let Some(result) = engine.store.decide_sync(check) else {
-            let check = engine.store.decide(check);
+        let Some(result) = engine.decide_now(check) else {
+            let check = engine.decide_later(check);
             let call = Box::new(Call {
                 service: self.inner.clone(),
                 req,
@@ -201,12 +202,20 @@ where
         let hold_body = config.hold_until_body_end;
         match step::<Req, S::Response, S::Error, M>(result, &mut req, index, config, shared.failure)
         {
-            Step::Call { stamp, admitted } => {
-                let held = pending.filter(|_| admitted).map(|p| p.arm(true));
+            Step::Call {
+                stamp,
+                admitted,
+                degraded,
+            } => {
+                let held = pending.filter(|_| admitted).map(|p| p.arm(true, degraded));
                 ResponseFuture::calling(self.inner.call(req), stamp, held, hold_body)
             }
-            Step::Wait { stamp, wait } => {
-                let held = pending.map(|p| p.arm(true));
+            Step::Wait {
+                stamp,
+                wait,
+                degraded,
+            } => {
+                let held = pending.map(|p| p.arm(true, degraded));
                 let call = Box::new(Call {
                     service: self.inner.clone(),
                     req,
@@ -255,10 +264,10 @@ where
                     let check = Check::new(key, set, cost)
                         .max_wait(self.shared.max_wait())
                         .lease(pending.as_ref().map_or(0, PendingHold::id));
-                    match engine.store.decide_sync(check) {
+                    match engine.decide_now(check) {
                         Some(result) => settle(result, pending, true),
                         None => Pace::Deciding(
-                            Mutex::new(Box::pin(engine.store.decide(check))),
+                            Mutex::new(Box::pin(engine.decide_later(check))),
                             pending,
                         ),
                     }
@@ -283,7 +292,7 @@ where
         mut req: Req,
         result: Result<Decision, StoreError>,
         held: Option<Held>,
-    ) -> ResponseFuture<S, Req, St::Future, M>
+    ) -> ResponseFuture<S, Req, DecideFuture<St::Future>, M>
     where
         S: Service<Req>,
         M: Respond<Req, S::Response, S::Error>,
@@ -312,7 +321,7 @@ where
 fn settle(result: Result<Decision, StoreError>, pending: Option<PendingHold>, local: bool) -> Pace {
     match result {
         Ok(d) if d.is_allowed() => {
-            let held = pending.map(|p| p.arm(local));
+            let held = pending.map(|p| p.arm(local, d.is_degraded()));
             match d.wait() {
                 wait if wait.is_zero() => Pace::Reserved(Ok(d), held),
                 wait => Pace::Sleeping(Box::pin(tokio::time::sleep(wait)), d, held),

@@ -1,0 +1,213 @@
+//! What happens between a store's failure and the answer: the failure is
+//! logged (at most once per interval, with a count of those not logged),
+//! and with [`FailurePolicy::Fallback`](crate::FailurePolicy::Fallback) the
+//! request is decided in a local in-memory store instead, with each quota
+//! divided among the instances that share it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "memory")]
+use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+
+use crate::decision::Decision;
+use crate::error::StoreError;
+use crate::key::Key;
+use crate::quota::PolicySet;
+#[cfg(feature = "memory")]
+use crate::quota::{Policy, Quota};
+#[cfg(feature = "memory")]
+use crate::store::MemoryStore;
+use crate::store::{Check, Op};
+
+/// How often a failing store is logged at most.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Logs store failures at most once per [`LOG_EVERY`], counting the rest.
+#[derive(Debug)]
+pub(crate) struct FailureLog {
+    start: tokio::time::Instant,
+    /// µs since `start` before which failures are only counted.
+    quiet_until: AtomicU64,
+    skipped: AtomicU64,
+}
+
+impl FailureLog {
+    pub(crate) fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            quiet_until: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes a failure; `Some(skipped)` when this one is to be logged,
+    /// with how many were not since the last.
+    pub(crate) fn note(&self) -> Option<u64> {
+        let now = crate::clock::duration_micros(self.start.elapsed());
+        let quiet = self.quiet_until.load(Ordering::Relaxed);
+        let until = now.saturating_add(crate::clock::duration_micros(LOG_EVERY));
+        if now >= quiet
+            && self
+                .quiet_until
+                .compare_exchange(quiet, until, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.skipped.swap(0, Ordering::Relaxed));
+        }
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+/// A local store deciding while the shared one fails.
+#[cfg(feature = "memory")]
+pub(crate) struct Local {
+    store: MemoryStore,
+    instances: u64,
+    /// Each set the engine has seen, and its divided twin.
+    sets: Mutex<Vec<(PolicySet, PolicySet)>>,
+}
+
+/// No fallback without the in-memory store.
+#[cfg(not(feature = "memory"))]
+pub(crate) enum Local {}
+
+#[cfg(feature = "memory")]
+impl Local {
+    pub(crate) fn new(instances: u64) -> Self {
+        Self {
+            store: MemoryStore::new(),
+            instances,
+            sets: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// `set` with every quota divided by the instance count, rounded up:
+    /// each instance's share.
+    fn share_of(&self, set: &PolicySet) -> PolicySet {
+        let mut sets = self.sets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, share)) = sets.iter().find(|(s, _)| s.same_as(set)) {
+            return share.clone();
+        }
+        let n = self.instances;
+        let divided: Vec<Policy> = set
+            .policies()
+            .iter()
+            .map(|p| {
+                let q = p.quota();
+                let mut share = Quota::new(q.limit().div_ceil(n), q.period());
+                if q.burst_size() != q.limit() {
+                    share = share.burst(q.burst_size().div_ceil(n));
+                }
+                Policy::new(p.name(), share).algorithm(p.get_algorithm())
+            })
+            .collect();
+        // A division that no longer checks (a rare rate whose units overflow
+        // when divided) keeps the whole quota rather than failing.
+        let share = PolicySet::new(divided).unwrap_or_else(|_| set.clone());
+        sets.push((set.clone(), share.clone()));
+        share
+    }
+
+    /// Decides `check` on this instance's share of its quotas.
+    pub(crate) fn decide(&self, check: Check<'_>) -> Decision {
+        let share = self.share_of(check.policies());
+        let local = Check::new(check.key(), &share, check.cost())
+            .max_wait(check.get_max_wait())
+            .op(check.get_op())
+            .lease(check.get_lease());
+        self.store.decide_now(local).into_degraded()
+    }
+}
+
+#[cfg(not(feature = "memory"))]
+impl Local {
+    pub(crate) fn decide(&self, _: Check<'_>) -> Decision {
+        match *self {}
+    }
+}
+
+/// What is needed to decide a check again after its future failed.
+pub(crate) struct Redo {
+    key: Key,
+    set: PolicySet,
+    cost: u64,
+    max_wait: Option<Duration>,
+    op: Op,
+    lease: u64,
+}
+
+impl Redo {
+    pub(crate) fn of(check: &Check<'_>) -> Self {
+        Self {
+            key: check.key().clone(),
+            set: check.policies().clone(),
+            cost: check.cost(),
+            max_wait: check.get_max_wait(),
+            op: check.get_op(),
+            lease: check.get_lease(),
+        }
+    }
+
+    pub(crate) fn check(&self) -> Check<'_> {
+        Check::new(&self.key, &self.set, self.cost)
+            .max_wait(self.max_wait)
+            .op(self.op)
+            .lease(self.lease)
+    }
+}
+
+/// What an engine does with a failed decision, whatever its store.
+pub(crate) trait Failover: Send + Sync {
+    /// Logs the failure, and decides locally when a fallback is set.
+    fn failed(&self, err: StoreError, check: Option<Check<'_>>) -> Result<Decision, StoreError>;
+}
+
+pin_project! {
+    /// A store's decision, passed through the engine's failure handling
+    /// when it fails. The future of a [`RateLimit`](crate::RateLimit)
+    /// service's decision for stores that do not decide at once.
+    pub struct DecideFuture<F> {
+        #[pin]
+        inner: F,
+        engine: Arc<dyn Failover>,
+        redo: Option<Box<Redo>>,
+    }
+}
+
+impl<F> DecideFuture<F> {
+    pub(crate) fn new(inner: F, engine: Arc<dyn Failover>, redo: Option<Box<Redo>>) -> Self {
+        Self {
+            inner,
+            engine,
+            redo,
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for DecideFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecideFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F> Future for DecideFuture<F>
+where
+    F: Future<Output = Result<Decision, StoreError>>,
+{
+    type Output = Result<Decision, StoreError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(match ready!(this.inner.poll(cx)) {
+            Ok(d) => Ok(d),
+            Err(e) => this.engine.failed(e, this.redo.as_deref().map(Redo::check)),
+        })
+    }
+}
