@@ -167,26 +167,55 @@ impl Redo {
 pub(crate) trait Failover: Send + Sync {
     /// Logs the failure, and decides locally when a fallback is set.
     fn failed(&self, err: StoreError, check: Option<Check<'_>>) -> Result<Decision, StoreError>;
+
+    /// Gives back, in the background, whatever a decision whose outcome is
+    /// unknown (it failed, or was dropped in flight) may hold under its
+    /// lease. A store's release of a lease that holds nothing changes
+    /// nothing, and comes after the decision it follows on the same
+    /// connection.
+    fn forget(self: Arc<Self>, redo: Box<Redo>);
 }
 
 pin_project! {
     /// A store's decision, passed through the engine's failure handling
     /// when it fails. The future of a [`RateLimit`](crate::RateLimit)
     /// service's decision for stores that do not decide at once.
+    ///
+    /// Dropped before it is decided (the request was cancelled), or failed,
+    /// a decision that asked for concurrency units has them given back: the
+    /// store may have granted them before the answer was lost.
     pub struct DecideFuture<F> {
         #[pin]
         inner: F,
         engine: Arc<dyn Failover>,
         redo: Option<Box<Redo>>,
+        // Whether the check holds a lease, given back unless it is known
+        // not to be needed.
+        leased: bool,
+        done: bool,
+    }
+
+    impl<F> PinnedDrop for DecideFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.leased && !*this.done {
+                if let Some(redo) = this.redo.take() {
+                    Arc::clone(this.engine).forget(redo);
+                }
+            }
+        }
     }
 }
 
 impl<F> DecideFuture<F> {
     pub(crate) fn new(inner: F, engine: Arc<dyn Failover>, redo: Option<Box<Redo>>) -> Self {
+        let leased = redo.as_ref().is_some_and(|r| r.lease != 0);
         Self {
             inner,
             engine,
             redo,
+            leased,
+            done: false,
         }
     }
 }
@@ -205,9 +234,21 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        Poll::Ready(match ready!(this.inner.poll(cx)) {
+        let result = ready!(this.inner.poll(cx));
+        *this.done = true;
+        Poll::Ready(match result {
+            // Granted or refused: the caller holds or drops the lease.
             Ok(d) => Ok(d),
-            Err(e) => this.engine.failed(e, this.redo.as_deref().map(Redo::check)),
+            Err(e) => {
+                let decided = this.engine.failed(e, this.redo.as_deref().map(Redo::check));
+                // The store may have granted units it could not report.
+                if *this.leased {
+                    if let Some(redo) = this.redo.take() {
+                        Arc::clone(this.engine).forget(redo);
+                    }
+                }
+                decided
+            }
         })
     }
 }

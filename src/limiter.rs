@@ -94,7 +94,9 @@ impl<St: Store> Engine<St> {
 
     /// The store's answer to come, through the failure handling.
     pub(crate) fn decide_later(self: &Arc<Self>, check: Check<'_>) -> DecideFuture<St::Future> {
-        let redo = self.fallback.as_ref().map(|_| Box::new(Redo::of(&check)));
+        // Kept to decide again in the fallback, or to give back a lease.
+        let redo =
+            (self.fallback.is_some() || check.get_lease() != 0).then(|| Box::new(Redo::of(&check)));
         DecideFuture::new(
             self.store.decide(check),
             Arc::clone(self) as Arc<dyn Failover>,
@@ -186,6 +188,23 @@ impl<St: Store> Failover for Engine<St> {
             (Some(local), Some(check)) => Ok(local.decide(check)),
             _ => Err(err),
         }
+    }
+
+    fn forget(self: Arc<Self>, redo: Box<Redo>) {
+        self.forget_lease(redo);
+    }
+}
+
+impl<St: Store> Engine<St> {
+    fn forget_lease(self: Arc<Self>, redo: Box<Redo>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to release on: the lease runs out by itself.
+            return;
+        };
+        runtime.spawn(async move {
+            let _ = self.store.decide(redo.check().op(Op::Release)).await;
+            self.released.notify_waiters();
+        });
     }
 }
 

@@ -159,6 +159,14 @@ impl<'a> Check<'a> {
 /// concurrency lease ([`algorithm::release`](crate::algorithm::release)),
 /// or to reset the key. Answers to `Release` and `Reset` are admitted
 /// decisions describing the state after them.
+///
+/// A store that answers later (its [`decide_sync`](Store::decide_sync) is
+/// `None`) may be sent a `Release` for a lease it never granted: when a
+/// decision holding a lease fails or is dropped before its answer, the
+/// lease is released in case the store granted it. Such a release must
+/// change nothing, and must be applied after any decision already sent
+/// for the same lease (one connection, in order, as `RedisStore` does).
+/// Stores that count units without lease ids should decide at once.
 pub trait Store: Send + Sync + 'static {
     /// The answer, which owns everything it needs.
     type Future: Future<Output = Result<Decision, StoreError>> + Send + 'static;
