@@ -136,4 +136,45 @@ fn main() {
     });
     report("governor, IpAddr keys", bytes, gov.len());
     drop(gov);
+
+    // Three policies on every key (hour, day and week tiers, none of which
+    // refills a unit while the keys go in): a key's state under each.
+    let three = PolicySet::new(vec![
+        Policy::new("hour", Quota::per_hour(100)),
+        Policy::new("day", Quota::per_day(1_000)),
+        Policy::new("week", Quota::new(5_000, Duration::from_secs(7 * 86_400))),
+    ])
+    .unwrap();
+    let (bytes, store) = measure(|| {
+        let store = MemoryStore::new();
+        for i in 0..n {
+            let key = Key::from(u64::from(i));
+            assert!(store.decide_now(Check::new(&key, &three, 1)).is_allowed());
+        }
+        store
+    });
+    // Per key, not per key and policy.
+    report("ours, u64 keys, three policies", bytes, store.len() / 3);
+    drop(store);
+
+    // A flood of distinct keys, five times the cap: the store holds at
+    // most the cap, and its memory stays that of the cap.
+    let cap = n as usize;
+    let (bytes, store) = measure(|| {
+        let store = MemoryStore::builder().max_keys(cap).build().unwrap();
+        for i in 0..5 * u64::from(n) {
+            let key = Key::from(i);
+            let _ = store.decide_now(Check::new(&key, &set, 1));
+        }
+        store
+    });
+    assert!(store.len() <= cap, "{} keys held over a cap of {cap}", store.len());
+    println!(
+        "flood of {} distinct keys, cap {cap}: {} held, {:.1} MiB ({:.1} bytes per key of the cap)",
+        5 * u64::from(n),
+        store.len(),
+        bytes as f64 / (1 << 20) as f64,
+        bytes as f64 / cap as f64
+    );
+    drop(store);
 }
