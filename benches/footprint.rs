@@ -168,7 +168,11 @@ fn main() {
         }
         store
     });
-    assert!(store.len() <= cap, "{} keys held over a cap of {cap}", store.len());
+    assert!(
+        store.len() <= cap,
+        "{} keys held over a cap of {cap}",
+        store.len()
+    );
     println!(
         "flood of {} distinct keys, cap {cap}: {} held, {:.1} MiB ({:.1} bytes per key of the cap)",
         5 * u64::from(n),

@@ -165,6 +165,9 @@ impl Redo {
 
 /// What an engine does with a failed decision, whatever its store.
 pub(crate) trait Failover: Send + Sync {
+    /// Reports a decision the store made.
+    fn decided(&self, check: Check<'_>, d: &Decision, latency: Option<Duration>);
+
     /// Logs the failure, and decides locally when a fallback is set.
     fn failed(&self, err: StoreError, check: Option<Check<'_>>) -> Result<Decision, StoreError>;
 
@@ -193,6 +196,8 @@ pin_project! {
         // not to be needed.
         leased: bool,
         done: bool,
+        // When the call began, when decisions are observed.
+        started: Option<std::time::Instant>,
     }
 
     impl<F> PinnedDrop for DecideFuture<F> {
@@ -216,6 +221,7 @@ impl<F> DecideFuture<F> {
             redo,
             leased,
             done: false,
+            started: crate::observe::ON.then(std::time::Instant::now),
         }
     }
 }
@@ -238,7 +244,13 @@ where
         *this.done = true;
         Poll::Ready(match result {
             // Granted or refused: the caller holds or drops the lease.
-            Ok(d) => Ok(d),
+            Ok(d) => {
+                if let Some(redo) = this.redo.as_deref() {
+                    let latency = this.started.map(|s| s.elapsed());
+                    this.engine.decided(redo.check(), &d, latency);
+                }
+                Ok(d)
+            }
             Err(e) => {
                 let decided = this.engine.failed(e, this.redo.as_deref().map(Redo::check));
                 // The store may have granted units it could not report.

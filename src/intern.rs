@@ -74,3 +74,24 @@ pub(crate) fn header_value(s: &str) -> Option<&'static HeaderValue> {
     made.push((s, v));
     Some(v)
 }
+
+/// The labels of a policy's decision counters, one pair per outcome
+/// (see [`observe`](crate::observe)), kept once per name: counting a
+/// decision then builds its metric key without allocating.
+#[cfg(feature = "metrics")]
+pub(crate) fn metric_labels(name: &'static str) -> &'static crate::observe::Labels {
+    use crate::observe::{Labels, OUTCOMES};
+    static MADE: Mutex<Vec<(&'static str, &'static Labels)>> = Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, labels)) = made.iter().find(|(n, _)| std::ptr::eq(*n, name)) {
+        return labels;
+    }
+    let labels: &'static Labels = Box::leak(Box::new(OUTCOMES.map(|outcome| {
+        [
+            metrics::Label::from_static_parts("policy", name),
+            metrics::Label::from_static_parts("outcome", outcome),
+        ]
+    })));
+    made.push((name, labels));
+    labels
+}

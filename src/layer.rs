@@ -149,6 +149,7 @@ struct Settings {
     hold_until_body_end: bool,
     shadow: bool,
     on_rejection: HookSlot,
+    observer: crate::observe::Observer,
 }
 
 /// A rejection hook, shown by whether it is set.
@@ -182,6 +183,7 @@ impl<St> RateLimitLayerBuilder<Global, St> {
                 headers: HeaderStyle::Ietf,
                 reject_missing_key: false,
                 failure: FailurePolicy::FailOpen,
+                observer: crate::observe::Observer::default(),
                 attach_decision: false,
                 hold_until_body_end: false,
                 shadow: false,
@@ -408,6 +410,25 @@ impl<K, St, C, M, P, F> RateLimitLayerBuilder<K, St, C, M, P, F> {
     /// ```
     pub fn on_store_failure(mut self, failure: FailurePolicy) -> Self {
         self.settings.failure = failure;
+        self
+    }
+
+    /// Logs keys as they are in decision events (feature `tracing`),
+    /// instead of hashed (the default). Keys taken from client input (API
+    /// keys, tokens) are secrets: log them raw only where logs are.
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, Quota, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .policy(Policy::new("api", Quota::per_second(5)))
+    ///     .log_raw_keys(true)
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn log_raw_keys(mut self, raw: bool) -> Self {
+        self.settings.observer.raw_keys = raw;
         self
     }
 
@@ -661,7 +682,12 @@ impl<K, St, C, M, P, F> RateLimitLayerBuilder<K, St, C, M, P, F> {
                 select: self.select,
                 skip: self.skip,
                 sets,
-                engine: Arc::new(Engine::new(self.store, first, settings.failure.check()?)),
+                engine: Arc::new(Engine::new(
+                    self.store,
+                    first,
+                    settings.failure.check()?,
+                    settings.observer,
+                )),
                 on_limit: settings.on_limit,
                 reject_missing_key: settings.reject_missing_key,
                 failure: settings.failure,

@@ -16,6 +16,7 @@ mod intern;
 pub mod key;
 mod layer;
 pub mod limiter;
+mod observe;
 mod quota;
 pub mod response;
 pub mod select;

@@ -49,6 +49,7 @@ use crate::decision::Decision;
 use crate::error::{AcquireError, ConfigError, RateLimited, StoreError};
 use crate::fallback::{DecideFuture, Failover, FailureLog, Local, Redo};
 use crate::key::Key;
+use crate::observe::{self, Observer};
 use crate::quota::{Algorithm, Policy, PolicySet};
 #[cfg(feature = "memory")]
 use crate::store::MemoryStore;
@@ -64,10 +65,17 @@ pub(crate) struct Engine<St> {
     /// Decides while the store fails, with `FailurePolicy::Fallback`.
     fallback: Option<Local>,
     failures: FailureLog,
+    failure: FailurePolicy,
+    pub(crate) observer: Observer,
 }
 
 impl<St: Store> Engine<St> {
-    pub(crate) fn new(store: St, policies: PolicySet, failure: FailurePolicy) -> Self {
+    pub(crate) fn new(
+        store: St,
+        policies: PolicySet,
+        failure: FailurePolicy,
+        observer: Observer,
+    ) -> Self {
         let fallback = match failure {
             #[cfg(feature = "memory")]
             FailurePolicy::Fallback { instances } => Some(Local::new(u64::from(instances.max(1)))),
@@ -79,6 +87,8 @@ impl<St: Store> Engine<St> {
             released: Notify::new(),
             fallback,
             failures: FailureLog::new(),
+            failure,
+            observer,
         }
     }
 
@@ -87,7 +97,10 @@ impl<St: Store> Engine<St> {
     #[inline]
     pub(crate) fn decide_now(&self, check: Check<'_>) -> Option<Result<Decision, StoreError>> {
         match self.store.decide_sync(check)? {
-            Ok(d) => Some(Ok(d)),
+            Ok(d) => {
+                self.observer.decided(check, &d, None);
+                Some(Ok(d))
+            }
             Err(e) => Some(self.failed(e, Some(check))),
         }
     }
@@ -95,8 +108,8 @@ impl<St: Store> Engine<St> {
     /// The store's answer to come, through the failure handling.
     pub(crate) fn decide_later(self: &Arc<Self>, check: Check<'_>) -> DecideFuture<St::Future> {
         // Kept to decide again in the fallback, or to give back a lease.
-        let redo =
-            (self.fallback.is_some() || check.get_lease() != 0).then(|| Box::new(Redo::of(&check)));
+        let redo = (observe::ON || self.fallback.is_some() || check.get_lease() != 0)
+            .then(|| Box::new(Redo::of(&check)));
         DecideFuture::new(
             self.store.decide(check),
             Arc::clone(self) as Arc<dyn Failover>,
@@ -172,7 +185,12 @@ trait Keeper: Send + Sync {
 }
 
 impl<St: Store> Failover for Engine<St> {
+    fn decided(&self, check: Check<'_>, d: &Decision, latency: Option<Duration>) {
+        self.observer.decided(check, d, latency);
+    }
+
     fn failed(&self, err: StoreError, check: Option<Check<'_>>) -> Result<Decision, StoreError> {
+        self.observer.failed(check, self.failure, &err);
         if let Some(skipped) = self.failures.note() {
             #[cfg(feature = "tracing")]
             tracing::warn!(
@@ -676,6 +694,7 @@ pub struct RateLimiterBuilder<St> {
     policies: Vec<Policy>,
     max_wait: Duration,
     failure: FailurePolicy,
+    observer: Observer,
 }
 
 impl<St> fmt::Debug for RateLimiterBuilder<St> {
@@ -696,6 +715,7 @@ impl<St> RateLimiterBuilder<St> {
             policies: Vec::new(),
             max_wait: Duration::MAX,
             failure: FailurePolicy::FailClosed,
+            observer: Observer::default(),
         }
     }
 
@@ -707,6 +727,7 @@ impl<St> RateLimiterBuilder<St> {
             policies: self.policies,
             max_wait: self.max_wait,
             failure: self.failure,
+            observer: self.observer,
         }
     }
 
@@ -771,6 +792,14 @@ impl<St> RateLimiterBuilder<St> {
         self
     }
 
+    /// Logs keys as they are in decision events (feature `tracing`),
+    /// instead of hashed (the default). Keys taken from client input (API
+    /// keys, tokens) are secrets: log them raw only where logs are.
+    pub fn log_raw_keys(mut self, raw: bool) -> Self {
+        self.observer.raw_keys = raw;
+        self
+    }
+
     /// Checks the configuration and makes the limiter.
     ///
     /// # Errors
@@ -783,7 +812,12 @@ impl<St> RateLimiterBuilder<St> {
     {
         let policies = PolicySet::new(self.policies)?;
         Ok(RateLimiter {
-            engine: Arc::new(Engine::new(self.store, policies, self.failure.check()?)),
+            engine: Arc::new(Engine::new(
+                self.store,
+                policies,
+                self.failure.check()?,
+                self.observer,
+            )),
             max_wait: self.max_wait,
         })
     }

@@ -460,7 +460,7 @@ impl Policy {
 /// A policy's numbers, checked and reduced to integers the algorithms use.
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(
-    not(any(feature = "memory", feature = "redis")),
+    not(feature = "memory"),
     allow(dead_code, reason = "the stores read what names a policy")
 )]
 pub(crate) struct Params {
@@ -471,6 +471,9 @@ pub(crate) struct Params {
     pub(crate) info: &'static PolicyInfo,
     /// Names the policy by name and fingerprint, process-wide.
     pub(crate) id: u32,
+    /// Its decision counters' labels.
+    #[cfg(feature = "metrics")]
+    pub(crate) labels: &'static crate::observe::Labels,
     pub(crate) algorithm: Algorithm,
     /// Units per period.
     pub(crate) limit: u64,
@@ -580,6 +583,8 @@ impl Params {
         Ok(Self {
             name,
             id: crate::intern::policy_id(name, fingerprint),
+            #[cfg(feature = "metrics")]
+            labels: crate::intern::metric_labels(name),
             info: crate::intern::policy(PolicyInfo {
                 name,
                 concurrency: algorithm == Algorithm::Concurrency,

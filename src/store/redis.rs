@@ -483,16 +483,20 @@ struct Breaker {
     start: Instant,
     /// µs since `start` until which calls are skipped.
     open_until: AtomicU64,
+    /// Whether the skip gauge says so, until a call succeeds again.
+    skipping: std::sync::atomic::AtomicBool,
 }
 
 impl Breaker {
     fn new(threshold: u32, cool_down: Duration) -> Self {
+        crate::observe::skipping(false);
         Self {
             threshold,
             cool_down,
             failures: AtomicU32::new(0),
             start: Instant::now(),
             open_until: AtomicU64::new(0),
+            skipping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -507,10 +511,16 @@ impl Breaker {
     fn record(&self, ok: bool) {
         if ok {
             self.failures.store(0, Ordering::Relaxed);
+            if self.skipping.load(Ordering::Relaxed) && self.skipping.swap(false, Ordering::Relaxed)
+            {
+                crate::observe::skipping(false);
+            }
         } else if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= self.threshold {
             self.failures.store(0, Ordering::Relaxed);
             let until = self.now() + duration_micros(self.cool_down);
             self.open_until.store(until, Ordering::Relaxed);
+            self.skipping.store(true, Ordering::Relaxed);
+            crate::observe::skipping(true);
         }
     }
 }
