@@ -414,6 +414,9 @@ fn algorithm_set(a: Algorithm) -> PolicySet {
         Algorithm::FixedWindow | Algorithm::SlidingWindowLog | Algorithm::SlidingWindowCounter => {
             Quota::per_minute(1_000_000_000)
         }
+        // In flight at most; every call holds the same lease (id 0), so a
+        // key never fills.
+        Algorithm::Concurrency => Quota::per_minute(100_000),
         _ => ALLOWING,
     };
     policies(&[(a.as_str(), quota, a)])
