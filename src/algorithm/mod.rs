@@ -163,14 +163,30 @@ pub fn decide(
     fill_slots(set, states, now, cost, max_wait, slots.as_mut());
     if let (true, Some(t)) = combine(slots.as_mut(), now, max_wait) {
         if cost > 0 {
-            for (p, state) in set.params().iter().zip(states.iter_mut()) {
-                state
-                    .get_or_insert_with(|| State::fresh(p, now))
-                    .commit(p, t, cost);
-            }
+            commit(set, states, now, t, cost);
         }
     }
     finish(set, states, now, max_wait, slots.as_mut())
+}
+
+fn commit(set: &PolicySet, states: &mut [Option<State>], now: u64, t: u64, cost: u64) {
+    for (p, state) in set.params().iter().zip(states.iter_mut()) {
+        state
+            .get_or_insert_with(|| State::fresh(p, now))
+            .commit(p, t, cost);
+    }
+}
+
+/// Drops what has expired from the sliding logs in `states`, as of the
+/// earliest time a request could now be admitted: a store that keeps
+/// states calls this when it reads them, so no decision walks what expired
+/// long ago. Changes no decision (time never runs backwards for a key).
+pub(crate) fn trim(set: &PolicySet, states: &mut [Option<State>], now: u64) {
+    for (p, state) in set.params().iter().zip(states.iter_mut()) {
+        if let Some(State(Repr::SlidingLog(log))) = state {
+            log.trim(p, now.max(log.last.0));
+        }
+    }
 }
 
 /// What [`decide`] would answer, changing nothing: the decision for a

@@ -232,15 +232,18 @@ impl<C: Clock> MemoryStore<C> {
             return algorithm::check(set, &vec![None; set.len()], now, 0, None);
         }
         if let Some(slot) = shard.table.find_mut(hash, |s| s.key == *key) {
-            return slot.entry.with_states(set, |states| match op {
-                Op::Peek => algorithm::check(set, states, now, cost, max_wait),
-                Op::Release => {
-                    algorithm::release(set, states, cost);
-                    algorithm::check(set, states, now, 0, None)
+            return slot.entry.with_states(set, |states| {
+                algorithm::trim(set, states, now);
+                match op {
+                    Op::Peek => algorithm::check(set, states, now, cost, max_wait),
+                    Op::Release => {
+                        algorithm::release(set, states, cost);
+                        algorithm::check(set, states, now, 0, None)
+                    }
+                    // Permits in memory are counted, not leased: nothing runs out.
+                    Op::Renew | Op::Reset => algorithm::check(set, states, now, 0, None),
+                    Op::Acquire => algorithm::decide(set, states, now, cost, max_wait),
                 }
-                // Permits in memory are counted, not leased: nothing runs out.
-                Op::Renew | Op::Reset => algorithm::check(set, states, now, 0, None),
-                Op::Acquire => algorithm::decide(set, states, now, cost, max_wait),
             });
         }
         if op != Op::Acquire {
