@@ -95,7 +95,7 @@ const TOP_LEVEL: [&str; 3] = ["evalsha", "eval", "ping"];
 // ---------------------------------------------------------------------------
 // The crate's policy and decision API, kept to these two functions: `Check`
 // will grow, and only they should need to follow. (Setup also uses
-// `RedisStore::builder`, `script_source` and `redis_key`.)
+// `RedisStore::builder` and `redis_key`.)
 
 /// A policy set from `(name, quota, algorithm)`.
 fn policies(list: &[(&str, Quota, Algorithm)]) -> PolicySet {
@@ -219,6 +219,8 @@ fn is_nested(name: &str) -> bool {
 }
 
 struct Settings {
+    /// `BENCH_ONLY`: the names of the variants to run (comma-separated).
+    only: Option<Vec<String>>,
     secs: f64,
     rounds: usize,
     warm_up_secs: f64,
@@ -236,8 +238,12 @@ impl Settings {
                     .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
             })
         }
+        let only = std::env::var("BENCH_ONLY")
+            .ok()
+            .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
         if quick {
             Self {
+                only,
                 secs: 0.02,
                 rounds: 1,
                 warm_up_secs: 0.01,
@@ -247,6 +253,7 @@ impl Settings {
             let rounds = env("BENCH_ROUNDS", 3);
             assert!(rounds >= 1, "BENCH_ROUNDS must be at least 1");
             Self {
+                only,
                 secs: env("BENCH_SECS", 2.0),
                 rounds,
                 warm_up_secs: 0.5,
@@ -288,12 +295,6 @@ async fn bench(server: &support::RedisServer, settings: &Settings) {
     let lean_sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
         .arg(LEAN_GCRA)
-        .query_async(&mut control)
-        .await
-        .unwrap();
-    let _: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(RedisStore::script_source())
         .query_async(&mut control)
         .await
         .unwrap();
@@ -374,10 +375,15 @@ async fn bench(server: &support::RedisServer, settings: &Settings) {
         variant("decide blocked", decide_on(&spent, &blocked), false),
         variant("lean blocked", lean_on(&blocked, LEAN_SPENT), false),
     ];
-    let per_algorithm: Vec<Arc<Variant>> = Algorithm::ALL
+    let mut per_algorithm: Vec<Arc<Variant>> = Algorithm::ALL
         .iter()
         .map(|&a| variant(a.as_str(), decide_on(&algorithm_set(a), &spread), true))
         .collect();
+    let mut main = main.to_vec();
+    if let Some(only) = &settings.only {
+        main.retain(|v| only.iter().any(|o| *o == v.name));
+        per_algorithm.retain(|v| only.iter().any(|o| *o == v.name));
+    }
 
     // Loads the scripts' code paths, creates the keys' state and spends
     // the blocked keys' one unit.
@@ -391,10 +397,14 @@ async fn bench(server: &support::RedisServer, settings: &Settings) {
     }
     let algorithms = rounds(&mut control, &per_algorithm, ALGORITHM_TASKS, settings).await;
 
-    print_main(&main, &results);
-    print_ratios(&main, &results);
-    print_nested(&main, &results[1], TASKS[1]);
-    print_algorithms(&per_algorithm, &algorithms);
+    if !main.is_empty() {
+        print_main(&main, &results);
+        print_ratios(&main, &results);
+        print_nested(&main, &results[1], TASKS[1]);
+    }
+    if !per_algorithm.is_empty() {
+        print_algorithms(&per_algorithm, &algorithms);
+    }
     let log_key = store.redis_key(&spread[0], &algorithm_set(Algorithm::SlidingWindowLog), 0);
     let entries: u64 = redis::cmd("LLEN")
         .arg(&log_key)
@@ -795,10 +805,12 @@ fn print_ratios(variants: &[Arc<Variant>], results: &[Vec<Vec<Run>>]) {
             rate,
         ),
     ];
-    let index = |name: &str| variants.iter().position(|v| v.name == name).unwrap();
+    let index = |name: &str| variants.iter().position(|v| v.name == name);
     let mut rows = Vec::new();
     for (name, a, b, metric) in lines {
-        let (a, b) = (index(a), index(b));
+        let (Some(a), Some(b)) = (index(a), index(b)) else {
+            continue;
+        };
         let mut row = vec![name.to_owned()];
         for by_variant in results {
             let per_round = by_variant[a]

@@ -554,7 +554,7 @@ impl Params {
                 "overflows: a sliding window counter counts at most 2^32 per window".into(),
             ));
         }
-        let fingerprint = fnv1a(&[algorithm as u64, q.limit, period, burst]);
+        let fingerprint = fnv1a(&[STATE_FORMAT, algorithm as u64, q.limit, period, burst]);
         Ok(Self {
             algorithm,
             limit: q.limit,
@@ -571,6 +571,11 @@ impl Params {
         self.burst * self.unit
     }
 }
+
+/// The version of the form states are stored in (in Redis). It is part of
+/// every policy's fingerprint, and so of its Redis keys: state written in
+/// another form is never read, it expires.
+const STATE_FORMAT: u64 = 2;
 
 /// FNV-1a over the numbers' little-endian bytes.
 fn fnv1a(numbers: &[u64]) -> u64 {
@@ -617,12 +622,27 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
-    /// Checks every policy and the list as a whole.
+    /// The most policies one set may hold: a Redis decision script keeps
+    /// every policy's numbers in Lua locals, of which a function has 200.
+    pub const MAX_POLICIES: usize = 16;
+
+    /// Checks every policy and the list as a whole: at least one, at most
+    /// [`MAX_POLICIES`](Self::MAX_POLICIES), names distinct.
     pub fn new(policies: Vec<Policy>) -> Result<Self, ConfigError> {
         if policies.is_empty() {
             return Err(ConfigError::new(
                 "policies",
                 "is empty: add at least one policy with `.policy(..)`",
+            ));
+        }
+        if policies.len() > Self::MAX_POLICIES {
+            return Err(ConfigError::new(
+                "policies",
+                format!(
+                    "has {} policies: at most {} are checked at once",
+                    policies.len(),
+                    Self::MAX_POLICIES
+                ),
             ));
         }
         let mut params = Vec::with_capacity(policies.len());

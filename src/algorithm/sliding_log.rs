@@ -14,6 +14,11 @@
 //! makes room for it: fewer than its cost. (The head walked first is what
 //! expired since the log was last trimmed; every store trims a log when it
 //! admits into it, and the memory store whenever it reads it.)
+//!
+//! A log read from Redis may be partial: its total, length and newest entry,
+//! and only as many entries from the head as the script read. Such a view
+//! answers exactly whatever it holds the entries for; [`SlidingLog::covers`]
+//! says whether it does.
 
 use std::collections::VecDeque;
 
@@ -22,12 +27,15 @@ use crate::quota::Params;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct SlidingLog {
-    /// `(time, cost)`, oldest first, one entry per distinct time.
+    /// `(time, cost)`, oldest first, one entry per distinct time: the whole
+    /// log, or in a partial view the oldest entries, as far as read.
     pub(crate) head: VecDeque<(u64, u64)>,
     /// Entries in the whole log.
     pub(crate) count: u64,
     /// Units in the whole log.
     pub(crate) total: u64,
+    /// The time of the oldest entry (0 in an empty log).
+    pub(crate) first: u64,
     /// The newest entry; `(0, 0)` in an empty log.
     pub(crate) last: (u64, u64),
 }
@@ -41,7 +49,7 @@ impl SlidingLog {
     /// How many head entries have expired at `t`, and their units; `None`
     /// when the entries held do not tell.
     fn expired(&self, p: &Params, t: u64) -> Option<(usize, u64)> {
-        if self.count == 0 {
+        if self.count == 0 || self.first + p.period > t {
             return Some((0, 0));
         }
         if self.last.0 + p.period <= t {
@@ -83,8 +91,18 @@ impl SlidingLog {
         None
     }
 
+    /// Whether this state (a partial view perhaps) holds what deciding
+    /// `cost` at `now` needs, committing at `commit_at` if given.
+    pub(crate) fn covers(&self, p: &Params, now: u64, cost: u64, commit_at: Option<u64>) -> bool {
+        self.whole()
+            || ((cost == 0 || self.slot(p, now, cost).is_some())
+                && commit_at.is_none_or(|t| self.expired(p, t).is_some())
+                && (self.last.0 > now || self.expired(p, now).is_some()))
+    }
+
     pub(crate) fn earliest(&self, p: &Params, now: u64, cost: u64) -> Slot {
-        // Unreachable `None`: a whole log always tells.
+        // Unreachable `None`: a whole log always tells, and callers check
+        // partial views with `covers`.
         self.slot(p, now, cost).unwrap_or(Slot::Never)
     }
 
@@ -94,12 +112,16 @@ impl SlidingLog {
             Some((n, _)) if n == self.head.len() && self.last.0 + p.period <= t => {
                 *self = Self::default();
             }
+            Some((0, _)) | None => {}
             Some((n, units)) => {
                 self.head.drain(..n);
                 self.count -= n as u64;
                 self.total -= units;
+                // Only a whole log, or a view holding the next entry, gets here.
+                if let Some(&(time, _)) = self.head.front() {
+                    self.first = time;
+                }
             }
-            None => {}
         }
     }
 
@@ -114,6 +136,9 @@ impl SlidingLog {
                 }
             }
         } else {
+            if self.count == 0 {
+                self.first = t;
+            }
             self.last = (t, cost);
             self.count += 1;
             if whole {

@@ -58,6 +58,12 @@ impl RedisServer {
         Self::spawn(&[])
     }
 
+    /// Starts a standalone server that has no `FCALL`, as Redis before 7:
+    /// the command is renamed away.
+    pub fn start_without_functions() -> Self {
+        Self::spawn(&["--rename-command", "FCALL", ""])
+    }
+
     fn spawn(extra: &[&str]) -> Self {
         let port = free_port();
         let dir = temp_dir("redis");
