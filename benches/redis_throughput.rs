@@ -88,9 +88,11 @@ const KEYS: usize = 10_000;
 const TASKS: [usize; 4] = [1, 16, 64, 256];
 const ALGORITHM_TASKS: usize = 16;
 /// Commands a client sends around a run, not part of any decision.
-const CONTROL: [&str; 6] = ["config", "info", "script", "client", "hello", "select"];
+const CONTROL: [&str; 7] = [
+    "config", "info", "script", "function", "client", "hello", "select",
+];
 /// The commands a variant itself sends.
-const TOP_LEVEL: [&str; 3] = ["evalsha", "eval", "ping"];
+const TOP_LEVEL: [&str; 4] = ["fcall", "evalsha", "eval", "ping"];
 
 // ---------------------------------------------------------------------------
 // The crate's policy and decision API, kept to these two functions: `Check`

@@ -686,6 +686,19 @@ impl PolicySet {
     pub(crate) fn params(&self) -> &[Params] {
         &self.params
     }
+
+    /// Whether `other` has the same policies (names, algorithms and
+    /// quotas) in the same order: the same state in every store.
+    pub(crate) fn same_as(&self, other: &PolicySet) -> bool {
+        Arc::ptr_eq(&self.params, &other.params)
+            || (self.len() == other.len()
+                && self
+                    .policies
+                    .iter()
+                    .zip(self.params.iter())
+                    .zip(other.policies.iter().zip(other.params.iter()))
+                    .all(|((p, a), (q, b))| a.fingerprint == b.fingerprint && p.name == q.name))
+    }
 }
 
 fn check_name(name: &str) -> Result<(), ConfigError> {

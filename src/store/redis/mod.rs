@@ -2,6 +2,7 @@
 //! Redis or Redis Cluster.
 
 mod breaker;
+mod denied;
 mod reply;
 mod script;
 
@@ -11,12 +12,13 @@ use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::{Arg, Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
 
 use self::breaker::Breaker;
+use self::denied::{Denied, Read};
 use self::reply::{Reply, protocol};
 use self::script::{Ask, Script, Scripts, Shape};
 use super::{Check, Op, Store};
@@ -33,6 +35,8 @@ const DEFAULT_PREFIX: &str = "ratelimit:";
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
 const DEFAULT_FAILURES: u32 = 5;
 const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(1);
+const DEFAULT_DENIED_KEYS: usize = 10_000;
+const DEFAULT_DENIED_AGE: Duration = Duration::from_secs(1);
 
 /// A connection [`RedisStore`] sends its scripts over. All are multiplexed
 /// and cheap to clone.
@@ -139,6 +143,7 @@ struct Inner {
     scripts: Scripts,
     /// Whether Redis has functions (7.0 and later), until it says not.
     functions: AtomicBool,
+    denied: Denied,
 }
 
 impl fmt::Debug for RedisStore {
@@ -158,6 +163,8 @@ pub struct RedisStoreBuilder {
     timeout: Duration,
     failures: u32,
     cool_down: Duration,
+    denied_keys: usize,
+    denied_age: Duration,
 }
 
 impl RedisStore {
@@ -178,6 +185,8 @@ impl RedisStore {
             timeout: DEFAULT_TIMEOUT,
             failures: DEFAULT_FAILURES,
             cool_down: DEFAULT_COOL_DOWN,
+            denied_keys: DEFAULT_DENIED_KEYS,
+            denied_age: DEFAULT_DENIED_AGE,
         }
     }
 
@@ -242,6 +251,36 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Keeps the denials of up to `max_keys` keys (default 10,000), each
+    /// for at most `max_age` (default 1 s), and turns away locally, with no
+    /// Redis call, what they prove Redis would turn away: a key flooded
+    /// while over its limit costs Redis about one call per `max_age`.
+    /// `max_keys` 0 turns this off.
+    ///
+    /// Exact: a request is denied here only when the states Redis's last
+    /// reply left for its key and policies deny it at the latest time
+    /// Redis's clock can show, which no request admitted elsewhere since
+    /// can change (every algorithm is monotone in what it counts); the
+    /// answer is the one the script gives on those states. What this
+    /// instance does not see: another instance's [reset](crate::RateLimiter::reset)
+    /// of the key, for up to `max_age`. Policy sets with a
+    /// [concurrency](crate::Algorithm::Concurrency) policy are never cached:
+    /// a release frees units at any time.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_ratelimit::store::RedisStore;
+    ///
+    /// let builder = RedisStore::builder().denied_cache(100_000, Duration::from_secs(5));
+    /// let without = RedisStore::builder().denied_cache(0, Duration::ZERO);
+    /// # let _ = (builder, without);
+    /// ```
+    pub fn denied_cache(mut self, max_keys: usize, max_age: Duration) -> Self {
+        self.denied_keys = max_keys;
+        self.denied_age = max_age;
+        self
+    }
+
     /// The store, over `conn`.
     ///
     /// # Errors
@@ -271,6 +310,7 @@ impl RedisStoreBuilder {
                 breaker: Breaker::new(self.failures, self.cool_down),
                 scripts: Scripts::default(),
                 functions: AtomicBool::new(true),
+                denied: Denied::new(self.denied_keys, self.denied_age),
             }),
         })
     }
@@ -313,6 +353,9 @@ impl Store for RedisStore {
     type Future = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
 
     fn decide(&self, check: Check<'_>) -> Self::Future {
+        if let Some(d) = self.inner.denied.answer(&check) {
+            return Box::pin(std::future::ready(Ok(d)));
+        }
         if self.inner.breaker.is_open() {
             return Box::pin(std::future::ready(Err(cooling_down())));
         }
@@ -326,14 +369,57 @@ impl Store for RedisStore {
             &call,
             std::slice::from_ref(&request),
         );
+        let key = check.key().clone();
+        if call.op == Op::Reset {
+            self.inner.denied.forget(&key);
+        }
         let inner = Arc::clone(&self.inner);
         let mut conn = self.conn.clone();
         Box::pin(async move {
+            let sent = Instant::now();
             let replies = usize::from(call.op != Op::Reset);
             let reply = send(&inner, &mut conn, &script, &cmd, &call.set, replies).await?;
-            let (mut decisions, _) = answer(&call, &[request], reply)?;
-            Ok(decisions.swap_remove(0))
+            let read_at = reply.now;
+            let (mut decisions, states) = answer(&call, &[request], reply)?;
+            let d = decisions.swap_remove(0);
+            inner.settled(&key, &call, &states, read_at, sent, &d);
+            Ok(d)
         })
+    }
+
+    fn decide_sync(&self, check: Check<'_>) -> Option<Result<Decision, StoreError>> {
+        // Only a denial the cache proves is decided without Redis.
+        self.inner.denied.answer(&check).map(Ok)
+    }
+}
+
+impl Inner {
+    /// Takes in the outcome of a call for `key`: what the denied cache
+    /// holds for it follows the call's last decision.
+    fn settled(
+        &self,
+        key: &Key,
+        call: &Call,
+        states: &[Option<State>],
+        read_at: u64,
+        sent: Instant,
+        last: &Decision,
+    ) {
+        match call.op {
+            Op::Acquire | Op::Peek => self.denied.update(
+                key,
+                &call.set,
+                Read {
+                    states,
+                    read_at,
+                    sent,
+                },
+                last,
+            ),
+            Op::Reset => self.denied.forget(key),
+            // Only concurrency policies change, and they are never cached.
+            Op::Release | Op::Renew => {}
+        }
     }
 }
 
