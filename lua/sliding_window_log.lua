@@ -21,6 +21,8 @@
 
 local function log_entry(s, pos)
   if pos > s.stored then return s.new[pos - s.stored] end
+  -- The last stored entry, once this call has added to it.
+  if pos == s.stored and s.merged then return s.merged end
   if pos > s.read then
     local to = pos
     if s.read + s.chunk > to then to = s.read + s.chunk end

@@ -174,9 +174,13 @@ fn a_cached_denial_stays_exact_while_another_instance_spends() {
                 asked_here.fetch_add(calls(&server) - before, Ordering::Relaxed);
             }
             prop_assert_eq!(d.is_allowed(), oracle.is_allowed(), "step {}: {:?}", i, step);
-            // Denied here from what this instance last saw: never a later
-            // retry time than Redis's own.
-            prop_assert!(d.retry_after() <= oracle.retry_after(), "step {}: {:?} vs {:?}", i, d, oracle);
+            // Denied here from what this instance last saw: in reject mode
+            // never a later retry time than Redis's own. (In wait mode a
+            // leaky bucket that others filled says "queue full, retry
+            // sooner" where the states seen said "too far to wait".)
+            if !step.wait {
+                prop_assert!(d.retry_after() <= oracle.retry_after(), "step {}: {:?} vs {:?}", i, d, oracle);
+            }
         }
     });
     let (asked, served) = (asked_here.into_inner(), served_here.into_inner());

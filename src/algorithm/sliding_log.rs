@@ -46,6 +46,13 @@ impl SlidingLog {
         self.head.len() as u64 == self.count
     }
 
+    /// The entries known, oldest first: all of them in a whole log; in a
+    /// partial view those read, then the newest if it is the only one not.
+    fn known(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let tail = (self.count == self.head.len() as u64 + 1).then_some(self.last);
+        self.head.iter().copied().chain(tail)
+    }
+
     /// How many head entries have expired at `t`, and their units; `None`
     /// when the entries held do not tell.
     fn expired(&self, p: &Params, t: u64) -> Option<(usize, u64)> {
@@ -57,13 +64,13 @@ impl SlidingLog {
             return Some((self.head.len(), self.total));
         }
         let mut units = 0;
-        for (i, &(time, cost)) in self.head.iter().enumerate() {
+        for (i, (time, cost)) in self.known().enumerate() {
             if time + p.period > t {
                 return Some((i, units));
             }
             units += cost;
         }
-        // Every entry read has expired but the newest has not.
+        // Every entry known has expired but the newest has not.
         None
     }
 
@@ -80,7 +87,7 @@ impl SlidingLog {
             return Some(Slot::At(t0));
         }
         // Wait for the oldest live entries to expire, as many as it takes.
-        for &(time, c) in self.head.iter().skip(expired) {
+        for (time, c) in self.known().skip(expired) {
             used -= c;
             if used + cost <= p.limit {
                 return Some(Slot::At(t0.max(time + p.period)));
@@ -114,13 +121,13 @@ impl SlidingLog {
             }
             Some((0, _)) | None => {}
             Some((n, units)) => {
+                // `n` counts only entries held: the newest, known but not
+                // held, never expires before the log does (the arm above).
                 self.head.drain(..n);
                 self.count -= n as u64;
                 self.total -= units;
-                // Only a whole log, or a view holding the next entry, gets here.
-                if let Some(&(time, _)) = self.head.front() {
-                    self.first = time;
-                }
+                let first = self.known().next().map_or(0, |e| e.0);
+                self.first = first;
             }
         }
     }

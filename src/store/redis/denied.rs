@@ -27,8 +27,13 @@
 //! long a reset of the key by another instance goes unseen here. The answer
 //! is what the script would answer at that time from the cached states:
 //! when no other instance spent on the key since, exactly its answer; else
-//! the same denial, with `remaining` as of this instance's last reply and a
-//! retry time no later than Redis's.
+//! the same denial, with `remaining` and the retry time as of this
+//! instance's last reply (in reject mode a retry time no later than
+//! Redis's).
+//!
+//! While a call of this store for the key is in flight, its states are
+//! about to change: with coalescing (the default) a request then waits for
+//! that call instead of being answered here.
 //!
 //! Memory is bounded: at most `max_keys` keys, expired entries swept when
 //! it is full, then an eighth of them dropped.

@@ -2,6 +2,7 @@
 //! Redis or Redis Cluster.
 
 mod breaker;
+mod coalesce;
 mod denied;
 mod reply;
 mod script;
@@ -18,6 +19,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::{Arg, Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
 
 use self::breaker::Breaker;
+use self::coalesce::{Batch, Joined, Lanes};
 use self::denied::{Denied, Read};
 use self::reply::{Reply, protocol};
 use self::script::{Ask, Script, Scripts, Shape};
@@ -144,6 +146,8 @@ struct Inner {
     /// Whether Redis has functions (7.0 and later), until it says not.
     functions: AtomicBool,
     denied: Denied,
+    coalesce: bool,
+    lanes: Lanes,
 }
 
 impl fmt::Debug for RedisStore {
@@ -165,6 +169,7 @@ pub struct RedisStoreBuilder {
     cool_down: Duration,
     denied_keys: usize,
     denied_age: Duration,
+    coalesce: bool,
 }
 
 impl RedisStore {
@@ -187,6 +192,7 @@ impl RedisStore {
             cool_down: DEFAULT_COOL_DOWN,
             denied_keys: DEFAULT_DENIED_KEYS,
             denied_age: DEFAULT_DENIED_AGE,
+            coalesce: true,
         }
     }
 
@@ -281,6 +287,26 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// Whether requests for a key that arrive while a call for it is in
+    /// flight wait for it and then go together in one call (default: yes).
+    ///
+    /// The script decides them one by one, in the order they arrived, each
+    /// all or nothing as if alone: the same answers as one call each, made
+    /// back to back at one Redis `TIME`. A hot key then costs Redis one
+    /// call per round trip rather than one per request. A request waiting
+    /// behind a call has twice the deadline: for that call and its own.
+    ///
+    /// ```
+    /// use tower_ratelimit::store::RedisStore;
+    ///
+    /// let one_call_each = RedisStore::builder().coalesce(false);
+    /// # let _ = one_call_each;
+    /// ```
+    pub fn coalesce(mut self, coalesce: bool) -> Self {
+        self.coalesce = coalesce;
+        self
+    }
+
     /// The store, over `conn`.
     ///
     /// # Errors
@@ -311,6 +337,8 @@ impl RedisStoreBuilder {
                 scripts: Scripts::default(),
                 functions: AtomicBool::new(true),
                 denied: Denied::new(self.denied_keys, self.denied_age),
+                coalesce: self.coalesce,
+                lanes: Lanes::default(),
             }),
         })
     }
@@ -353,43 +381,112 @@ impl Store for RedisStore {
     type Future = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
 
     fn decide(&self, check: Check<'_>) -> Self::Future {
-        if let Some(d) = self.inner.denied.answer(&check) {
-            return Box::pin(std::future::ready(Ok(d)));
-        }
+        let call = Call::of(&check);
+        let request = Request::of(&check);
+        let key = check.key();
+        let denied = || self.inner.denied.answer(&check);
+        let lead = if self.inner.coalesce && matches!(call.op, Op::Acquire | Op::Peek) {
+            let joined =
+                self.inner
+                    .lanes
+                    .join(&self.inner, &self.conn, key, &call, request, denied);
+            match joined {
+                Joined::Local(d) => return Box::pin(std::future::ready(Ok(d))),
+                Joined::Wait(answer) => {
+                    // Behind a call in flight, then in one of its own.
+                    let deadline = 2 * self.inner.timeout;
+                    return Box::pin(async move {
+                        match tokio::time::timeout(deadline, answer).await {
+                            Ok(Ok(result)) => result,
+                            Ok(Err(_)) => Err(StoreError::new(
+                                StoreErrorKind::Unavailable,
+                                "the call this request waited for was dropped",
+                                None,
+                            )),
+                            Err(_) => Err(timed_out(deadline)),
+                        }
+                    });
+                }
+                Joined::Lead(lead) => Some(lead),
+                Joined::Alone => None,
+            }
+        } else {
+            if let Some(d) = denied() {
+                return Box::pin(std::future::ready(Ok(d)));
+            }
+            None
+        };
         if self.inner.breaker.is_open() {
             return Box::pin(std::future::ready(Err(cooling_down())));
         }
-        let call = Call::of(&check);
-        let request = Request::of(&check);
-        let script = self.inner.scripts.get(check.policies(), call.shape());
-        let cmd = command(
-            &self.inner.prefix,
-            &script,
-            check.key(),
-            &call,
-            std::slice::from_ref(&request),
-        );
-        let key = check.key().clone();
         if call.op == Op::Reset {
-            self.inner.denied.forget(&key);
+            self.inner.denied.forget(key);
         }
+        let key = key.clone();
         let inner = Arc::clone(&self.inner);
         let mut conn = self.conn.clone();
         Box::pin(async move {
-            let sent = Instant::now();
-            let replies = usize::from(call.op != Op::Reset);
-            let reply = send(&inner, &mut conn, &script, &cmd, &call.set, replies).await?;
-            let read_at = reply.now;
-            let (mut decisions, states) = answer(&call, &[request], reply)?;
-            let d = decisions.swap_remove(0);
-            inner.settled(&key, &call, &states, read_at, sent, &d);
-            Ok(d)
+            let batch = Batch::one(call, request);
+            let result = inner.decide_batch(&mut conn, &key, &batch).await;
+            // Hands the lane on to whatever waits behind this call.
+            drop(lead);
+            result.map(|mut decisions| decisions.swap_remove(0))
         })
     }
 
     fn decide_sync(&self, check: Check<'_>) -> Option<Result<Decision, StoreError>> {
-        // Only a denial the cache proves is decided without Redis.
+        // Only a denial the cache proves is decided without Redis, and not
+        // while a call of this store is about to change the key's state.
+        if self.inner.coalesce && self.inner.lanes.busy(check.key(), check.policies()) {
+            return None;
+        }
         self.inner.denied.answer(&check).map(Ok)
+    }
+}
+
+fn timed_out(deadline: Duration) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Timeout,
+        format!("Redis did not answer within {deadline:?}"),
+        None,
+    )
+}
+
+pub(crate) fn no_runtime() -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Unavailable,
+        "no Tokio runtime to send the requests that waited from",
+        None,
+    )
+}
+
+impl Inner {
+    /// Decides `batch`'s requests for `key` in one call.
+    async fn decide_batch(
+        &self,
+        conn: &mut RedisConnection,
+        key: &Key,
+        batch: &Batch,
+    ) -> Result<Vec<Decision>, StoreError> {
+        if self.breaker.is_open() {
+            return Err(cooling_down());
+        }
+        let call = &batch.call;
+        let script = self.scripts.get(&call.set, call.shape());
+        let cmd = command(&self.prefix, &script, key, call, &batch.requests);
+        let sent = Instant::now();
+        let replies = if call.op == Op::Reset {
+            0
+        } else {
+            batch.requests.len()
+        };
+        let reply = send(self, conn, &script, &cmd, &call.set, replies).await?;
+        let read_at = reply.now;
+        let (decisions, states) = answer(call, &batch.requests, reply)?;
+        if let Some(last) = decisions.last() {
+            self.settled(key, call, &states, read_at, sent, last);
+        }
+        Ok(decisions)
     }
 }
 
@@ -581,11 +678,7 @@ async fn send(
     let result = match tokio::time::timeout(inner.timeout, call).await {
         Ok(Ok(value)) => reply::parse(set, value, requests),
         Ok(Err(e)) => Err(store_error(e)),
-        Err(_) => Err(StoreError::new(
-            StoreErrorKind::Timeout,
-            format!("Redis did not answer within {:?}", inner.timeout),
-            None,
-        )),
+        Err(_) => Err(timed_out(inner.timeout)),
     };
     inner.breaker.record(result.is_ok());
     result

@@ -1,0 +1,276 @@
+//! Coalescing: requests for one key and policy set that arrive while a
+//! call for them is in flight wait for it, then go to Redis together in
+//! one call, whose script decides them one by one in the order they
+//! arrived. Each gets the answer it would have had alone; a hot key costs
+//! Redis one call per round trip, not one per request.
+//!
+//! A key's calls go one at a time ("a lane"): the first request sends its
+//! own call; requests that find it in flight queue behind it. When it is
+//! answered, a task takes the queue's oldest requests that ask alike (the
+//! same op, mode and given time) and sends them as one call, and so on
+//! until the queue is empty. A queued request dropped before its call is
+//! sent (its caller went away, or it timed out) is left out and counts for
+//! nothing. Requests in one call share Redis's `TIME`: the answer of
+//! deciding them back to back within one call.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::oneshot;
+
+use super::{Call, Inner, RedisConnection, Request};
+use crate::decision::Decision;
+use crate::error::StoreError;
+use crate::key::Key;
+use crate::quota::PolicySet;
+use crate::store::Op;
+
+/// The most requests one call decides.
+pub(crate) const MAX_BATCH: usize = 512;
+
+/// The answer a queued request waits for.
+pub(crate) type Answer = oneshot::Receiver<Result<Decision, StoreError>>;
+
+#[derive(Default)]
+pub(crate) struct Lanes {
+    by_key: Mutex<HashMap<Key, Vec<Lane>>>,
+}
+
+/// A key's policy set with a call in flight, and the requests waiting.
+struct Lane {
+    set: PolicySet,
+    queue: VecDeque<Waiter>,
+}
+
+struct Waiter {
+    op: Op,
+    wait: bool,
+    at: Option<u64>,
+    request: Request,
+    tx: oneshot::Sender<Result<Decision, StoreError>>,
+}
+
+/// What a request does on arrival.
+pub(crate) enum Joined {
+    /// Nothing in flight for its key, and the denied cache answered it.
+    Local(Decision),
+    /// Nothing in flight for its key: it sends its own call, and hands the
+    /// lane on when done.
+    Lead(Lead),
+    /// A call is in flight: it waits for its answer.
+    Wait(Answer),
+    /// The queue is full: it goes alone, outside the lane.
+    Alone,
+}
+
+/// Requests that go to Redis in one call.
+pub(crate) struct Batch {
+    pub(crate) call: Call,
+    pub(crate) requests: Vec<Request>,
+    answers: Vec<oneshot::Sender<Result<Decision, StoreError>>>,
+}
+
+impl Batch {
+    /// A call of one request, answered by its caller.
+    pub(crate) fn one(call: Call, request: Request) -> Self {
+        Self {
+            call,
+            requests: vec![request],
+            answers: Vec::new(),
+        }
+    }
+
+    /// Hands each request its answer.
+    pub(crate) fn answer(self, result: Result<Vec<Decision>, StoreError>) {
+        match result {
+            Ok(decisions) => {
+                for (tx, d) in self.answers.into_iter().zip(decisions) {
+                    let _ = tx.send(Ok(d));
+                }
+            }
+            Err(e) => {
+                for tx in self.answers {
+                    let _ = tx.send(Err(StoreError::new(e.kind(), e.to_string(), None)));
+                }
+            }
+        }
+    }
+}
+
+impl Lanes {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Vec<Lane>>> {
+        self.by_key.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a call for `key` under `set` is in flight.
+    pub(crate) fn busy(&self, key: &Key, set: &PolicySet) -> bool {
+        self.lock()
+            .get(key)
+            .is_some_and(|lanes| lanes.iter().any(|l| l.set.same_as(set)))
+    }
+
+    /// Joins `key`'s lane for `call`'s policy set with `request`. With
+    /// nothing in flight, `local` may answer it first: the denied cache,
+    /// whose states are only current when no call of this store is about
+    /// to change them.
+    pub(crate) fn join(
+        &self,
+        inner: &Arc<Inner>,
+        conn: &RedisConnection,
+        key: &Key,
+        call: &Call,
+        request: Request,
+        local: impl FnOnce() -> Option<Decision>,
+    ) -> Joined {
+        let mut map = self.lock();
+        if !map
+            .get(key)
+            .is_some_and(|lanes| lanes.iter().any(|l| l.set.same_as(&call.set)))
+        {
+            if let Some(d) = local() {
+                return Joined::Local(d);
+            }
+        }
+        let lanes = map.entry(key.clone()).or_default();
+        match lanes.iter_mut().find(|l| l.set.same_as(&call.set)) {
+            Some(lane) if lane.queue.len() >= MAX_BATCH => Joined::Alone,
+            Some(lane) => {
+                let (tx, rx) = oneshot::channel();
+                lane.queue.push_back(Waiter {
+                    op: call.op,
+                    wait: call.wait,
+                    at: call.at,
+                    request,
+                    tx,
+                });
+                Joined::Wait(rx)
+            }
+            None => {
+                lanes.push(Lane {
+                    set: call.set.clone(),
+                    queue: VecDeque::new(),
+                });
+                Joined::Lead(Lead {
+                    inner: Arc::clone(inner),
+                    conn: conn.clone(),
+                    key: key.clone(),
+                    set: call.set.clone(),
+                })
+            }
+        }
+    }
+
+    /// The next requests of the lane, oldest first, that ask alike; `None`
+    /// (and the lane closed) when none waits.
+    fn next(&self, key: &Key, set: &PolicySet) -> Option<Batch> {
+        let mut map = self.lock();
+        let lanes = map.get_mut(key)?;
+        let i = lanes.iter().position(|l| l.set.same_as(set))?;
+        let lane = &mut lanes[i];
+        // Requests given up on before their call is sent count for nothing.
+        lane.queue.retain(|w| !w.tx.is_closed());
+        let Some(head) = lane.queue.front() else {
+            lanes.swap_remove(i);
+            if lanes.is_empty() {
+                map.remove(key);
+            }
+            return None;
+        };
+        let (op, wait, at) = (head.op, head.wait, head.at);
+        let alike = lane
+            .queue
+            .iter()
+            .take(MAX_BATCH)
+            .take_while(|w| (w.op, w.wait, w.at) == (op, wait, at))
+            .count();
+        let mut batch = Batch {
+            call: Call {
+                set: lane.set.clone(),
+                op,
+                wait,
+                at,
+            },
+            requests: Vec::with_capacity(alike),
+            answers: Vec::with_capacity(alike),
+        };
+        for w in lane.queue.drain(..alike) {
+            batch.requests.push(w.request);
+            batch.answers.push(w.tx);
+        }
+        Some(batch)
+    }
+
+    /// Closes the lane: whoever waits in it is answered with an error.
+    fn abandon(&self, key: &Key, set: &PolicySet) {
+        let mut map = self.lock();
+        if let Some(lanes) = map.get_mut(key) {
+            lanes.retain(|l| !l.set.same_as(set));
+            if lanes.is_empty() {
+                map.remove(key);
+            }
+        }
+    }
+}
+
+/// The call in flight on a lane. Dropped (its call answered, or its
+/// future dropped), it hands the lane to a task that sends what waits.
+pub(crate) struct Lead {
+    inner: Arc<Inner>,
+    conn: RedisConnection,
+    key: Key,
+    set: PolicySet,
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        let Some(batch) = self.inner.lanes.next(&self.key, &self.set) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // No runtime to send from: the waiting requests fail.
+            batch.answer(Err(super::no_runtime()));
+            self.inner.lanes.abandon(&self.key, &self.set);
+            return;
+        };
+        let drain = Drain {
+            inner: Arc::clone(&self.inner),
+            key: self.key.clone(),
+            set: self.set.clone(),
+            finished: false,
+        };
+        runtime.spawn(drain.run(self.conn.clone(), batch));
+    }
+}
+
+/// Sends a lane's batches until none waits.
+struct Drain {
+    inner: Arc<Inner>,
+    key: Key,
+    set: PolicySet,
+    finished: bool,
+}
+
+impl Drain {
+    async fn run(mut self, mut conn: RedisConnection, first: Batch) {
+        let mut batch = first;
+        loop {
+            let result = self.inner.decide_batch(&mut conn, &self.key, &batch).await;
+            batch.answer(result);
+            match self.inner.lanes.next(&self.key, &self.set) {
+                Some(next) => batch = next,
+                None => break,
+            }
+        }
+        self.finished = true;
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        // The task stopped early (a panic, a runtime shutting down): no
+        // request may wait on a lane nobody drains.
+        if !self.finished {
+            self.inner.lanes.abandon(&self.key, &self.set);
+        }
+    }
+}
