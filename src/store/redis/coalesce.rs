@@ -13,9 +13,11 @@
 //! nothing. Requests in one call share Redis's `TIME`: the answer of
 //! deciding them back to back within one call.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use hashbrown::HashTable;
 use tokio::sync::oneshot;
 
 use super::{Call, Inner, RedisConnection, Request};
@@ -33,13 +35,24 @@ pub(crate) type Answer = oneshot::Receiver<Result<Decision, StoreError>>;
 
 #[derive(Default)]
 pub(crate) struct Lanes {
-    by_key: Mutex<HashMap<Key, Vec<Lane>>>,
+    // Hashed once per request: joining and handing on find the lane by the
+    // same hash.
+    hasher: RandomState,
+    by_key: Mutex<HashTable<Lane>>,
 }
 
 /// A key's policy set with a call in flight, and the requests waiting.
 struct Lane {
+    hash: u64,
+    key: Key,
     set: PolicySet,
     queue: VecDeque<Waiter>,
+}
+
+impl Lane {
+    fn is(&self, key: &Key, set: &PolicySet) -> bool {
+        self.key == *key && self.set.same_as(set)
+    }
 }
 
 struct Waiter {
@@ -98,15 +111,19 @@ impl Batch {
 }
 
 impl Lanes {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Vec<Lane>>> {
+    fn lock(&self) -> MutexGuard<'_, HashTable<Lane>> {
         self.by_key.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn hash(&self, key: &Key) -> u64 {
+        self.hasher.hash_one(key)
     }
 
     /// Whether a call for `key` under `set` is in flight.
     pub(crate) fn busy(&self, key: &Key, set: &PolicySet) -> bool {
         self.lock()
-            .get(key)
-            .is_some_and(|lanes| lanes.iter().any(|l| l.set.same_as(set)))
+            .find(self.hash(key), |l| l.is(key, set))
+            .is_some()
     }
 
     /// Joins `key`'s lane for `call`'s policy set with `request`. With
@@ -122,58 +139,56 @@ impl Lanes {
         request: Request,
         local: impl FnOnce() -> Option<Decision>,
     ) -> Joined {
-        let mut map = self.lock();
-        if !map
-            .get(key)
-            .is_some_and(|lanes| lanes.iter().any(|l| l.set.same_as(&call.set)))
-        {
-            if let Some(d) = local() {
-                return Joined::Local(d);
+        let hash = self.hash(key);
+        let mut table = self.lock();
+        if let Some(lane) = table.find_mut(hash, |l| l.is(key, &call.set)) {
+            if lane.queue.len() >= MAX_BATCH {
+                return Joined::Alone;
             }
+            let (tx, rx) = oneshot::channel();
+            lane.queue.push_back(Waiter {
+                op: call.op,
+                wait: call.wait,
+                at: call.at,
+                request,
+                tx,
+            });
+            return Joined::Wait(rx);
         }
-        let lanes = map.entry(key.clone()).or_default();
-        match lanes.iter_mut().find(|l| l.set.same_as(&call.set)) {
-            Some(lane) if lane.queue.len() >= MAX_BATCH => Joined::Alone,
-            Some(lane) => {
-                let (tx, rx) = oneshot::channel();
-                lane.queue.push_back(Waiter {
-                    op: call.op,
-                    wait: call.wait,
-                    at: call.at,
-                    request,
-                    tx,
-                });
-                Joined::Wait(rx)
-            }
-            None => {
-                lanes.push(Lane {
-                    set: call.set.clone(),
-                    queue: VecDeque::new(),
-                });
-                Joined::Lead(Lead {
-                    inner: Arc::clone(inner),
-                    conn: conn.clone(),
-                    key: key.clone(),
-                    set: call.set.clone(),
-                })
-            }
+        if let Some(d) = local() {
+            return Joined::Local(d);
         }
+        table.insert_unique(
+            hash,
+            Lane {
+                hash,
+                key: key.clone(),
+                set: call.set.clone(),
+                queue: VecDeque::new(),
+            },
+            |l| l.hash,
+        );
+        Joined::Lead(Lead {
+            inner: Arc::clone(inner),
+            conn: conn.clone(),
+            hash,
+            key: key.clone(),
+            set: call.set.clone(),
+        })
     }
 
     /// The next requests of the lane, oldest first, that ask alike; `None`
     /// (and the lane closed) when none waits.
-    fn next(&self, key: &Key, set: &PolicySet) -> Option<Batch> {
-        let mut map = self.lock();
-        let lanes = map.get_mut(key)?;
-        let i = lanes.iter().position(|l| l.set.same_as(set))?;
-        let lane = &mut lanes[i];
+    fn next(&self, hash: u64, key: &Key, set: &PolicySet) -> Option<Batch> {
+        let mut table = self.lock();
+        let Ok(mut entry) = table.find_entry(hash, |l| l.is(key, set)) else {
+            return None;
+        };
+        let lane = entry.get_mut();
         // Requests given up on before their call is sent count for nothing.
         lane.queue.retain(|w| !w.tx.is_closed());
         let Some(head) = lane.queue.front() else {
-            lanes.swap_remove(i);
-            if lanes.is_empty() {
-                map.remove(key);
-            }
+            entry.remove();
             return None;
         };
         let (op, wait, at) = (head.op, head.wait, head.at);
@@ -201,13 +216,9 @@ impl Lanes {
     }
 
     /// Closes the lane: whoever waits in it is answered with an error.
-    fn abandon(&self, key: &Key, set: &PolicySet) {
-        let mut map = self.lock();
-        if let Some(lanes) = map.get_mut(key) {
-            lanes.retain(|l| !l.set.same_as(set));
-            if lanes.is_empty() {
-                map.remove(key);
-            }
+    fn abandon(&self, hash: u64, key: &Key, set: &PolicySet) {
+        if let Ok(entry) = self.lock().find_entry(hash, |l| l.is(key, set)) {
+            entry.remove();
         }
     }
 }
@@ -217,23 +228,25 @@ impl Lanes {
 pub(crate) struct Lead {
     inner: Arc<Inner>,
     conn: RedisConnection,
+    hash: u64,
     key: Key,
     set: PolicySet,
 }
 
 impl Drop for Lead {
     fn drop(&mut self) {
-        let Some(batch) = self.inner.lanes.next(&self.key, &self.set) else {
+        let Some(batch) = self.inner.lanes.next(self.hash, &self.key, &self.set) else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime to send from: the waiting requests fail.
             batch.answer(Err(super::no_runtime()));
-            self.inner.lanes.abandon(&self.key, &self.set);
+            self.inner.lanes.abandon(self.hash, &self.key, &self.set);
             return;
         };
         let drain = Drain {
             inner: Arc::clone(&self.inner),
+            hash: self.hash,
             key: self.key.clone(),
             set: self.set.clone(),
             finished: false,
@@ -245,6 +258,7 @@ impl Drop for Lead {
 /// Sends a lane's batches until none waits.
 struct Drain {
     inner: Arc<Inner>,
+    hash: u64,
     key: Key,
     set: PolicySet,
     finished: bool,
@@ -256,7 +270,7 @@ impl Drain {
         loop {
             let result = self.inner.decide_batch(&mut conn, &self.key, &batch).await;
             batch.answer(result);
-            match self.inner.lanes.next(&self.key, &self.set) {
+            match self.inner.lanes.next(self.hash, &self.key, &self.set) {
                 Some(next) => batch = next,
                 None => break,
             }
@@ -270,7 +284,7 @@ impl Drop for Drain {
         // The task stopped early (a panic, a runtime shutting down): no
         // request may wait on a lane nobody drains.
         if !self.finished {
-            self.inner.lanes.abandon(&self.key, &self.set);
+            self.inner.lanes.abandon(self.hash, &self.key, &self.set);
         }
     }
 }

@@ -774,7 +774,11 @@ fn write_key_in(out: &mut Vec<u8>, prefix: &str, tag: &[u8], policy: &Policy, pa
     out.extend_from_slice(policy.name().as_bytes());
     // A policy changed in algorithm or quota starts afresh rather than
     // reading state counted in other units.
-    let _ = write!(out, ":{:08x}", params.fingerprint >> 32);
+    out.push(b':');
+    let top = params.fingerprint >> 32;
+    for shift in (0..8).rev() {
+        out.push(b"0123456789abcdef"[((top >> (shift * 4)) & 0xf) as usize]);
+    }
 }
 
 fn store_error(e: RedisError) -> StoreError {
