@@ -31,10 +31,11 @@ local time = redis.call('TIME')
 local now = time[1] * 1000000 + time[2]
 local burst1, unit1, drain1, limit2, period2 = struct.unpack('>ddddd', ARGV[1])
 local out = { now, false, false }
+local raw = redis.call('MGET', KEYS[1], KEYS[2])
 local l1, t1
-out[2], l1, t1 = level_load(KEYS[1], burst1, unit1, drain1, now, true)
+out[2], l1, t1 = level_load(raw[1], burst1, unit1, drain1, now)
 local w2, c2
-out[3], w2, c2 = fixed_load(KEYS[2], limit2, period2, now, true)
+out[3], w2, c2 = fixed_load(raw[2], limit2, period2, now)
 local flags, bits, changed = 0, 0, false
 for j = 2, #ARGV do
   local cost = tonumber(ARGV[j])

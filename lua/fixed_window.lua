@@ -4,8 +4,7 @@
 --
 -- Stored: '>dd' (w, c). Parameters: limit, period.
 
-local function fixed_load(key, limit, period, now)
-  local raw = redis.call('GET', key)
+local function fixed_load(raw, limit, period, now)
   if not raw then return false, idiv(now, period), 0 end
   local w, c = struct.unpack('>dd', raw)
   return raw, w, c

@@ -5,8 +5,7 @@
 --
 -- Stored: '>dd' (l, t). Parameters: burst, unit, drain.
 
-local function level_load(key, burst, unit, drain, now)
-  local raw = redis.call('GET', key)
+local function level_load(raw, burst, unit, drain, now)
   if not raw then return false, 0, now end
   local l, t = struct.unpack('>dd', raw)
   return raw, l, t

@@ -14,10 +14,13 @@
 -- Every algorithm file defines local functions named for its family, with
 -- its state as plain values (never a table, but for the sliding log) and
 -- its parameters after them:
---   <f>_load(key, P.., now, writes) -> view, S..   read the state
+--   <f>_load(raw, P.., now) -> view, S..           read the state, or
+--   <f>_load(key, P.., now, writes) -> view, S..   (log, concurrency)
 --   <f>_earliest(S.., P.., now, cost) -> kind, t   the earliest slot
 --   <f>_commit(S.., P.., at, cost, holder) -> S..  admit at `at`
 --   <f>_save(key, S.., P.., now)                   write, expire at full
+-- A family whose state is one value takes it as read (`raw`, false when
+-- none): the body reads every such policy's value with one GET or MGET.
 -- `view` is what the reply carries back for the crate to decide from: the
 -- stored value as read, so both sides compute every answer from the same
 -- state.
@@ -29,9 +32,13 @@
 -- with `idiv`, which corrects the rounding of `a / b` so the quotient is
 -- exact.
 
+-- `math.floor`, looked up on first use: a library's top level cannot.
+local floor
+
 local function idiv(a, b)
   if b == 1 then return a end
-  local q = math.floor(a / b)
+  floor = floor or math.floor
+  local q = floor(a / b)
   while q * b > a do q = q - 1 end
   while (q + 1) * b <= a do q = q + 1 end
   return q
@@ -54,9 +61,11 @@ local function int(n)
 end
 
 -- Milliseconds to keep a key whose state is full again at `full_at`: it
--- expires once its state is back to full, and never before.
+-- expires once its state is back to full, and never before (Redis counts
+-- the expiry from its millisecond clock, hence the one added). The quotient
+-- is rounded up in doubles, exactly for any wait below 2^50 µs (35 years).
 local function ttl_ms(full_at, now)
-  local ms = div_ceil(full_at - now, 1000) + 1
+  local ms = math.ceil((full_at - now) / 1000) + 1
   if ms < 1 then ms = 1 end
   return ms
 end

@@ -8,8 +8,7 @@
 --
 -- Stored: '>dddd' (w, c, prev, tail). Parameters: limit, period, step, n.
 
-local function counter_load(key, limit, period, step, n, now)
-  local raw = redis.call('GET', key)
+local function counter_load(raw, limit, period, step, n, now)
   if not raw then return false, idiv(now, period), 0, 0, 0 end
   local w, c, prev, tail = struct.unpack('>dddd', raw)
   return raw, w, c, prev, tail

@@ -5,8 +5,7 @@
 --
 -- Stored: '>dd' (k, a). Parameters: limit, period, burst.
 
-local function bucket_load(key, limit, period, burst, now)
-  local raw = redis.call('GET', key)
+local function bucket_load(raw, limit, period, burst, now)
   if not raw then return false, burst, now end
   local k, a = struct.unpack('>dd', raw)
   return raw, k, a

@@ -9,7 +9,6 @@ mod script;
 
 use std::fmt;
 use std::future::Future;
-use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -591,11 +590,16 @@ fn command(prefix: &str, script: &Script, key: &Key, call: &Call, requests: &[Re
         64 + set.len() * (prefix.len() + 64) + requests.len() * 24,
     );
     cmd.arg("FCALL").arg(&script.function).arg(set.len());
-    let tag = hash_tag(key);
-    let mut name = Vec::with_capacity(prefix.len() + tag.len() + 80);
+    // `<prefix>{<tag>}:` once, then each policy's name and fingerprint.
+    let mut name = Vec::with_capacity(prefix.len() + 160);
+    name.extend_from_slice(prefix.as_bytes());
+    name.push(b'{');
+    write_tag(&mut name, key);
+    name.extend_from_slice(b"}:");
+    let stem = name.len();
     for (p, params) in set.policies().iter().zip(set.params()) {
-        name.clear();
-        write_key_in(&mut name, prefix, &tag, p, params);
+        name.truncate(stem);
+        write_policy(&mut name, p, params);
         cmd.arg(name.as_slice());
     }
     if let Some(at) = call.at {
@@ -604,16 +608,19 @@ fn command(prefix: &str, script: &Script, key: &Key, call: &Call, requests: &[Re
     if call.op == Op::Reset {
         return cmd;
     }
-    let mut params = Vec::with_capacity(set.len() * 32);
+    // At most 4 numbers of 8 bytes per policy: on the stack.
+    let mut params = [0_u8; 32 * PolicySet::MAX_POLICIES];
+    let mut len = 0;
     for p in set.params() {
         let (values, n) = script::param_values(p);
         for v in &values[..n] {
             // Exact: every parameter is an integer below 2^53.
             #[allow(clippy::cast_precision_loss)]
-            params.extend_from_slice(&(*v as f64).to_be_bytes());
+            params[len..len + 8].copy_from_slice(&(*v as f64).to_be_bytes());
+            len += 8;
         }
     }
-    cmd.arg(params.as_slice());
+    cmd.arg(&params[..len]);
     let leased = script::has_concurrency(set);
     match call.op {
         Op::Release | Op::Renew => {
@@ -750,27 +757,29 @@ fn answer(
 
 /// What goes between a key's braces: the tagged key, or its SHA-1 when it
 /// is long or holds braces.
-fn hash_tag(key: &Key) -> Vec<u8> {
-    let mut tagged = Vec::with_capacity(24);
-    key.write_tagged(&mut tagged);
+fn write_tag(out: &mut Vec<u8>, key: &Key) {
+    let start = out.len();
+    key.write_tagged(out);
+    let tagged = &out[start..];
     if tagged.len() > MAX_KEY_BYTES || tagged.iter().any(|b| matches!(b, b'{' | b'}')) {
-        let digest = sha1_smol::Sha1::from(&tagged).digest().to_string();
-        tagged.clear();
-        let _ = write!(tagged, "h:{digest}");
+        let digest = sha1_smol::Sha1::from(tagged).digest().to_string();
+        out.truncate(start);
+        out.extend_from_slice(b"h:");
+        out.extend_from_slice(digest.as_bytes());
     }
-    tagged
 }
 
 /// `<prefix>{<key>}:<policy>:<fingerprint>`.
 fn write_key(out: &mut Vec<u8>, prefix: &str, key: &Key, policy: &Policy, params: &Params) {
-    write_key_in(out, prefix, &hash_tag(key), policy, params);
-}
-
-fn write_key_in(out: &mut Vec<u8>, prefix: &str, tag: &[u8], policy: &Policy, params: &Params) {
     out.extend_from_slice(prefix.as_bytes());
     out.push(b'{');
-    out.extend_from_slice(tag);
+    write_tag(out, key);
     out.extend_from_slice(b"}:");
+    write_policy(out, policy, params);
+}
+
+/// `<policy>:<fingerprint>`.
+fn write_policy(out: &mut Vec<u8>, policy: &Policy, params: &Params) {
     out.extend_from_slice(policy.name().as_bytes());
     // A policy changed in algorithm or quota starts afresh rather than
     // reading state counted in other units.

@@ -67,6 +67,9 @@ struct Family {
     source: &'static str,
     state: &'static [&'static str],
     params: &'static [&'static str],
+    /// The state is one value, read by the body (one `MGET` for all such
+    /// policies) and handed to `_load`.
+    value: bool,
 }
 
 const PRELUDE: &str = include_str!("../../../lua/prelude.lua");
@@ -77,36 +80,42 @@ const LEVEL: Family = Family {
     source: include_str!("../../../lua/gcra.lua"),
     state: &["l", "t"],
     params: &["burst", "unit", "drain"],
+    value: true,
 };
 const BUCKET: Family = Family {
     name: "bucket",
     source: include_str!("../../../lua/token_bucket.lua"),
     state: &["k", "a"],
     params: &["limit", "period", "burst"],
+    value: true,
 };
 const FIXED: Family = Family {
     name: "fixed",
     source: include_str!("../../../lua/fixed_window.lua"),
     state: &["w", "c"],
     params: &["limit", "period"],
+    value: true,
 };
 const LOG: Family = Family {
     name: "log",
     source: include_str!("../../../lua/sliding_window_log.lua"),
     state: &["s"],
     params: &["limit", "period"],
+    value: false,
 };
 const COUNTER: Family = Family {
     name: "counter",
     source: include_str!("../../../lua/sliding_window_counter.lua"),
     state: &["w", "c", "prev", "tail"],
     params: &["limit", "period", "step", "n"],
+    value: true,
 };
 const CONC: Family = Family {
     name: "conc",
     source: include_str!("../../../lua/concurrency.lua"),
     state: &["n", "adds"],
     params: &["limit", "lease"],
+    value: false,
 };
 /// In the order their sources go into a script.
 const FAMILIES: [&Family; 6] = [&LEVEL, &BUCKET, &FIXED, &LOG, &COUNTER, &CONC];
@@ -315,14 +324,29 @@ fn body(out: &mut String, algorithms: &[Algorithm], shape: Shape) -> usize {
     let _ = writeln!(out, "local out = {{ now{} }}", ", false".repeat(n));
     let writes = shape.ask == Ask::Acquire;
     let load = |out: &mut String, writes: bool| {
+        // The policies whose state is one value: read at once.
+        let values: Vec<usize> = (0..n).filter(|&i| families[i].value).collect();
+        if values.len() > 1 {
+            let keys: Vec<String> = values.iter().map(|i| format!("KEYS[{}]", i + 1)).collect();
+            let _ = writeln!(out, "local raw = redis.call('MGET', {})", keys.join(", "));
+        }
         for (i, f) in families.iter().enumerate() {
+            let source = match values.iter().position(|&v| v == i) {
+                Some(k) if values.len() > 1 => format!("raw[{}]", k + 1),
+                Some(_) => format!("redis.call('GET', KEYS[{}])", i + 1),
+                None => format!("KEYS[{}]", i + 1),
+            };
+            let extra = if f.value {
+                String::new()
+            } else {
+                format!(", {writes}")
+            };
             let _ = writeln!(
                 out,
-                "local {s}\nout[{v}], {s} = {f}_load(KEYS[{key}], {p}, now, {writes})",
+                "local {s}\nout[{v}], {s} = {name}_load({source}, {p}, now{extra})",
                 s = state(i),
                 v = i + 2,
-                f = f.name,
-                key = i + 1,
+                name = f.name,
                 p = params(i),
             );
         }
