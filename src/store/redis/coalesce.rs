@@ -11,7 +11,9 @@
 //! until the queue is empty. A queued request dropped before its call is
 //! sent (its caller went away, or it timed out) is left out and counts for
 //! nothing. Requests in one call share Redis's `TIME`: the answer of
-//! deciding them back to back within one call.
+//! deciding them back to back within one call. Between calls, the oldest
+//! queued requests that the denied cache denies are answered from it, so a
+//! key over its limit leaves the lane once a call has refreshed its states.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
@@ -20,12 +22,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use hashbrown::HashTable;
 use tokio::sync::oneshot;
 
+use super::denied::Denied;
 use super::{Call, Inner, RedisConnection, Request};
 use crate::decision::Decision;
 use crate::error::StoreError;
 use crate::key::Key;
 use crate::quota::PolicySet;
-use crate::store::Op;
+use crate::store::{Check, Op};
 
 /// The most requests one call decides.
 pub(crate) const MAX_BATCH: usize = 512;
@@ -178,8 +181,11 @@ impl Lanes {
     }
 
     /// The next requests of the lane, oldest first, that ask alike; `None`
-    /// (and the lane closed) when none waits.
-    fn next(&self, hash: u64, key: &Key, set: &PolicySet) -> Option<Batch> {
+    /// (and the lane closed) when none waits. Called between calls, when
+    /// nothing is in flight: a request the denied cache now denies is
+    /// answered from it (a denial changes nothing, so leaving it out of the
+    /// sequence changes no other answer).
+    fn next(&self, hash: u64, key: &Key, set: &PolicySet, denied: &Denied) -> Option<Batch> {
         let mut table = self.lock();
         let Ok(mut entry) = table.find_entry(hash, |l| l.is(key, set)) else {
             return None;
@@ -187,6 +193,22 @@ impl Lanes {
         let lane = entry.get_mut();
         // Requests given up on before their call is sent count for nothing.
         lane.queue.retain(|w| !w.tx.is_closed());
+        // The oldest requests the denied cache denies are answered from it,
+        // up to the first it does not: a later one must see what the
+        // earlier ones do.
+        while let Some(w) = lane.queue.front() {
+            let check = Check::new(key, &lane.set, w.request.cost)
+                .op(w.op)
+                .max_wait(w.request.max_wait)
+                .at_micros(w.at)
+                .lease(w.request.lease);
+            let Some(d) = denied.answer(&check) else {
+                break;
+            };
+            if let Some(w) = lane.queue.pop_front() {
+                let _ = w.tx.send(Ok(d));
+            }
+        }
         let Some(head) = lane.queue.front() else {
             entry.remove();
             return None;
@@ -235,7 +257,11 @@ pub(crate) struct Lead {
 
 impl Drop for Lead {
     fn drop(&mut self) {
-        let Some(batch) = self.inner.lanes.next(self.hash, &self.key, &self.set) else {
+        let Some(batch) =
+            self.inner
+                .lanes
+                .next(self.hash, &self.key, &self.set, &self.inner.denied)
+        else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -270,7 +296,11 @@ impl Drain {
         loop {
             let result = self.inner.decide_batch(&mut conn, &self.key, &batch).await;
             batch.answer(result);
-            match self.inner.lanes.next(self.hash, &self.key, &self.set) {
+            match self
+                .inner
+                .lanes
+                .next(self.hash, &self.key, &self.set, &self.inner.denied)
+            {
                 Some(next) => batch = next,
                 None => break,
             }
