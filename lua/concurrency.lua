@@ -44,7 +44,7 @@ end
 
 -- The key lives as long as its newest lease.
 local function conc_expire(key, lease)
-  redis.call('PEXPIRE', key, div_ceil(lease, 1000) + 1)
+  redis.call('PEXPIRE', key, div_ceil(lease, 1000) + 1 + ttl_slack)
 end
 
 local function conc_save(key, n, adds, limit, lease, now)

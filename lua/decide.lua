@@ -29,6 +29,7 @@
 -- nothing (lua/decide.lua explains the arguments and the reply).
 local time = redis.call('TIME')
 local now = time[1] * 1000000 + time[2]
+ttl_slack = 0
 local burst1, unit1, drain1, limit2, period2 = struct.unpack('>ddddd', ARGV[1])
 local out = { now, false, false }
 local raw = redis.call('MGET', KEYS[1], KEYS[2])

@@ -298,6 +298,13 @@ fn body(out: &mut String, algorithms: &[Algorithm], shape: Shape) -> usize {
     };
     out.push_str(header);
     out.push_str(now);
+    if shape.ask != Ask::Reset {
+        out.push_str(if shape.given_time {
+            "ttl_slack = 60000\n"
+        } else {
+            "ttl_slack = 0\n"
+        });
+    }
     if shape.ask == Ask::Reset {
         out.push_str("for i = 1, #KEYS do redis.call('DEL', KEYS[i]) end\nreturn { now }\n");
         return 0;
