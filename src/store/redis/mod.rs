@@ -11,7 +11,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
@@ -37,6 +37,10 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
 const DEFAULT_FAILURES: u32 = 5;
 const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(1);
 const DEFAULT_DENIED_KEYS: usize = 10_000;
+/// What [`Inner::functions`] knows: not yet, Redis 7 functions, scripts.
+const UNKNOWN: u8 = 0;
+const FUNCTIONS: u8 = 1;
+const SCRIPTS: u8 = 2;
 const DEFAULT_DENIED_AGE: Duration = Duration::from_secs(1);
 
 /// A connection [`RedisStore`] sends its scripts over. All are multiplexed
@@ -142,8 +146,9 @@ struct Inner {
     timeout: Duration,
     breaker: Breaker,
     scripts: Scripts,
-    /// Whether Redis has functions (7.0 and later), until it says not.
-    functions: AtomicBool,
+    /// Whether Redis has functions (7.0 and later): [`UNKNOWN`] until the
+    /// first call asks.
+    functions: AtomicU8,
     denied: Denied,
     coalesce: bool,
     lanes: Lanes,
@@ -334,7 +339,7 @@ impl RedisStoreBuilder {
                 timeout: self.timeout,
                 breaker: Breaker::new(self.failures, self.cool_down),
                 scripts: Scripts::default(),
-                functions: AtomicBool::new(true),
+                functions: AtomicU8::new(UNKNOWN),
                 denied: Denied::new(self.denied_keys, self.denied_age),
                 coalesce: self.coalesce,
                 lanes: Lanes::default(),
@@ -655,22 +660,32 @@ async fn send(
     requests: usize,
 ) -> Result<Reply, StoreError> {
     let call = async {
-        if inner.functions.load(Ordering::Relaxed) {
-            match conn.query(cmd).await {
+        if inner.functions.load(Ordering::Relaxed) == UNKNOWN {
+            // A function nobody defines: Redis 7 says it is not found;
+            // older servers (and proxies) do not know the command. Nothing
+            // binary goes along, so either error parses.
+            let mut probe = redis::cmd("FCALL");
+            probe.arg("tower_ratelimit_probe").arg(0);
+            let mode = match conn.query(&probe).await {
+                Err(e) if is_server_error(&e, "Function not found") => FUNCTIONS,
+                Err(e) if matches!(e.kind(), ErrorKind::Server(_)) => SCRIPTS,
+                Err(e) => return Err(e),
+                Ok(_) => FUNCTIONS,
+            };
+            inner.functions.store(mode, Ordering::Relaxed);
+        }
+        if inner.functions.load(Ordering::Relaxed) == FUNCTIONS {
+            return match conn.query(cmd).await {
                 Err(e) if is_server_error(&e, "Function not found") => {
                     // It never ran. Load it (on every master of a cluster)
                     // and call it once more.
                     let mut load = redis::cmd("FUNCTION");
                     load.arg("LOAD").arg("REPLACE").arg(&script.library);
                     conn.query(&load).await?;
-                    return conn.query(cmd).await;
+                    conn.query(cmd).await
                 }
-                Err(e) if is_server_error(&e, "unknown command") => {
-                    // Redis before 7: scripts from now on.
-                    inner.functions.store(false, Ordering::Relaxed);
-                }
-                other => return other,
-            }
+                other => other,
+            };
         }
         let evalsha = with_head(cmd, "EVALSHA", &script.sha);
         match conn.query(&evalsha).await {
