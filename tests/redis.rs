@@ -352,8 +352,21 @@ fn without_functions_redis_decides_exactly_like_memory() {
 fn untrusted_keys_are_hashed_into_one_hash_tag() {
     let server = RedisServer::start();
     let rt = runtime();
-    let redis = rt.block_on(store(&server));
+    let hashed = rt.block_on(store(&server));
     let set = PolicySet::new(vec![Policy::new("burst", Quota::per_second(5))]).unwrap();
+    // By default string keys are a keyed hash; integers stay readable.
+    let token = hashed.redis_key(&Key::from("alice"), &set, 0);
+    assert!(token.starts_with("ratelimit:{k:"), "{token}");
+    assert_eq!(token.len(), "ratelimit:{k:}:burst:".len() + 32 + 8);
+    let n = hashed.redis_key(&Key::from(7_u64), &set, 0);
+    assert!(n.starts_with("ratelimit:{n:7}:burst:"), "{n}");
+    let redis = rt.block_on(async {
+        RedisStore::builder()
+            .hash_keys(false)
+            .connect(&server.url())
+            .await
+            .unwrap()
+    });
     let plain = redis.redis_key(&Key::from("alice"), &set, 0);
     assert!(plain.starts_with("ratelimit:{s:alice}:burst:"), "{plain}");
     assert_eq!(plain.len(), "ratelimit:{s:alice}:burst:".len() + 8);

@@ -14,8 +14,13 @@ mod redis;
 use std::future::Future;
 use std::time::Duration;
 
+#[cfg(feature = "redis-sentinel")]
+pub use self::redis::SentinelConnection;
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisConnection, RedisStore, RedisStoreBuilder};
+pub use self::redis::{
+    ConnectError, ConnectErrorKind, MIN_REDIS_VERSION, RedisConnection, RedisStore,
+    RedisStoreBuilder,
+};
 #[cfg(feature = "memory")]
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 

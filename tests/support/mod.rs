@@ -19,6 +19,8 @@ pub struct RedisServer {
     child: Child,
     port: u16,
     dir: PathBuf,
+    /// Commands on the plain port need TLS instead (`--port 0`).
+    tls_port: Option<u16>,
 }
 
 /// A free TCP port on 127.0.0.1 whose cluster bus port (+10000) is free too.
@@ -64,9 +66,17 @@ impl RedisServer {
         Self::spawn(&["--rename-command", "FCALL", ""])
     }
 
-    fn spawn(extra: &[&str]) -> Self {
-        let port = free_port();
-        let dir = temp_dir("redis");
+    /// Starts a standalone server with `extra` arguments (`--requirepass`,
+    /// `--cluster-enabled`, …).
+    pub fn start_with(extra: &[&str]) -> Self {
+        Self::spawn(extra)
+    }
+
+    pub(crate) fn spawn(extra: &[&str]) -> Self {
+        Self::spawn_in(temp_dir("redis"), free_port(), extra)
+    }
+
+    fn spawn_in(dir: PathBuf, port: u16, extra: &[&str]) -> Self {
         let log = dir.join("redis.log");
         let mut args = vec![
             "--port".to_owned(),
@@ -93,10 +103,16 @@ impl RedisServer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL}"),
             Err(e) => panic!("could not start redis-server: {e}"),
         };
-        let server = Self { child, port, dir };
+        let server = Self {
+            child,
+            port,
+            dir,
+            tls_port: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if raw_command(port, "PING").is_some_and(|r| r.starts_with("+PONG")) {
+            // Any reply (`-NOAUTH` too) means it is up.
+            if raw_command(port, "PING").is_some_and(|r| r.starts_with(['+', '-'])) {
                 return server;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -125,6 +141,120 @@ impl RedisServer {
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
     }
+
+    /// The process id of the server.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the server at once (`SIGKILL`), as a crashed host would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends `sig` (`STOP`, `CONT`) to the server.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} {}", self.pid());
+    }
+
+    /// The TLS port, for a server started by [`RedisServer::start_tls`].
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls_port
+    }
+
+    /// Starts a server that speaks only TLS, with a certificate for
+    /// `127.0.0.1` and `localhost` signed by a CA made for it with
+    /// `openssl`; returns the server and the CA's PEM.
+    pub fn start_tls() -> (Self, Vec<u8>) {
+        let dir = temp_dir("redis-tls");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .unwrap_or_else(|e| panic!("openssl not found ({e}): install openssl"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["genrsa", "-out", "ca.key", "2048"]);
+        run(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-sha256",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tower-ratelimit test CA",
+            "-out",
+            "ca.crt",
+        ]);
+        run(&["genrsa", "-out", "redis.key", "2048"]);
+        run(&[
+            "req",
+            "-new",
+            "-key",
+            "redis.key",
+            "-subj",
+            "/CN=localhost",
+            "-out",
+            "redis.csr",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "redis.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-sha256",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "redis.crt",
+        ]);
+        let ca = std::fs::read(dir.join("ca.crt")).unwrap();
+        let tls_port = free_port();
+        let d = |f: &str| dir.join(f).display().to_string();
+        let args = [
+            "--tls-port".to_owned(),
+            tls_port.to_string(),
+            "--tls-cert-file".to_owned(),
+            d("redis.crt"),
+            "--tls-key-file".to_owned(),
+            d("redis.key"),
+            "--tls-ca-cert-file".to_owned(),
+            d("ca.crt"),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // The plain port stays open for the harness's own checks.
+        let mut server = Self::spawn_in(dir, free_port(), &args);
+        server.tls_port = Some(tls_port);
+        (server, ca)
+    }
 }
 
 impl Drop for RedisServer {
@@ -138,7 +268,7 @@ impl Drop for RedisServer {
     }
 }
 
-/// A Redis Cluster of three masters, no replicas.
+/// A Redis Cluster of three masters, with or without a replica each.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
@@ -147,9 +277,28 @@ impl RedisCluster {
     /// Starts three cluster-enabled servers and joins them with
     /// `redis-cli --cluster create`.
     pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
+        Self::start_with(0, 5000)
+    }
+
+    /// Three masters with one replica each, which a master's failure
+    /// promotes after `node_timeout_ms`.
+    pub fn start_with_replicas(node_timeout_ms: u32) -> Self {
+        Self::start_with(1, node_timeout_ms)
+    }
+
+    fn start_with(replicas: usize, node_timeout_ms: u32) -> Self {
+        let timeout = node_timeout_ms.to_string();
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
-                RedisServer::spawn(&["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+                RedisServer::spawn(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    &timeout,
+                    // A promoted replica takes over at once, whatever its lag.
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ])
             })
             .collect();
         let addrs: Vec<String> = nodes
@@ -160,7 +309,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .unwrap_or_else(|e| panic!("redis-cli not found ({e}): {INSTALL}"));
         assert!(
@@ -172,11 +321,21 @@ impl RedisCluster {
         let cluster = Self { nodes };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if cluster
+            let ok = cluster
                 .nodes
                 .iter()
-                .all(|n| n.command("CLUSTER INFO").contains("cluster_state:ok"))
-            {
+                .all(|n| n.command("CLUSTER INFO").contains("cluster_state:ok"));
+            // Replicas are attached and synced.
+            let synced = replicas == 0
+                || cluster
+                    .nodes
+                    .iter()
+                    .filter(|n| n.command("ROLE").contains("slave"))
+                    .all(|n| {
+                        n.command("INFO replication")
+                            .contains("master_link_status:up")
+                    });
+            if ok && synced && cluster.masters().len() == 3 {
                 return cluster;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -184,10 +343,57 @@ impl RedisCluster {
         panic!("the cluster did not reach cluster_state:ok within 20 s");
     }
 
+    /// The indexes of the nodes that are masters now.
+    pub fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].command("ROLE").contains("master"))
+            .collect()
+    }
+
+    /// The index of the node that serves `slot` now, as `CLUSTER NODES`
+    /// on a live master says.
+    pub fn owner_of_slot(&self, slot: u16) -> Option<usize> {
+        let port = self.masters().into_iter().find_map(|i| {
+            let nodes = self.nodes[i].command("CLUSTER NODES");
+            nodes.lines().find_map(|line| {
+                let fields: Vec<&str> = line.split(' ').collect();
+                if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                    return None;
+                }
+                let serves = fields[8..].iter().any(|r| {
+                    let mut ends = r.split('-').map(|n| n.trim().parse::<u16>());
+                    match (ends.next(), ends.next()) {
+                        (Some(Ok(a)), Some(Ok(b))) => a <= slot && slot <= b,
+                        (Some(Ok(a)), None) => a == slot,
+                        _ => false,
+                    }
+                });
+                let addr = fields[1].split('@').next()?;
+                serves.then(|| addr.rsplit(':').next()?.parse::<u16>().ok())?
+            })
+        })?;
+        self.nodes.iter().position(|n| n.port == port)
+    }
+
     /// `redis://127.0.0.1:<port>/` for every node.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
+}
+
+/// A port that accepts TCP connections and never answers: a host that is
+/// up but not serving Redis, or a black hole behind a firewall. The
+/// listener's backlog completes the handshakes; nothing reads.
+pub fn silent_port() -> (TcpListener, u16) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, port)
+}
+
+/// A port nothing listens on.
+pub fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }
 
 /// A two-worker runtime for tests that drive Redis from many tasks.

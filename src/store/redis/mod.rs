@@ -1,39 +1,50 @@
 //! [`RedisStore`]: limits shared by every instance of a service through one
-//! Redis or Redis Cluster.
+//! Redis, Redis Cluster or a Redis watched by Sentinel.
 
 mod breaker;
 mod coalesce;
+mod connect;
 mod denied;
+mod keys;
+mod nodes;
 mod reply;
 mod script;
+#[cfg(feature = "redis-sentinel")]
+mod sentinel;
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::{Arg, Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
 
-use self::breaker::Breaker;
+pub use self::connect::{ConnectError, ConnectErrorKind, MIN_REDIS_VERSION};
+#[cfg(feature = "redis-sentinel")]
+pub use self::sentinel::SentinelConnection;
+
+use self::breaker::Admit;
 use self::coalesce::{Batch, Joined, Lanes};
+use self::connect::{Access, Mode, Secret};
 use self::denied::{Denied, Read};
+use self::keys::KeyHash;
+use self::nodes::Breakers;
 use self::reply::{Reply, protocol};
 use self::script::{Ask, Script, Scripts, Shape};
 use super::{Check, Op, Store};
 use crate::algorithm::{self, State};
 use crate::clock::duration_micros;
 use crate::decision::Decision;
-use crate::error::{BoxError, ConfigError, StoreError, StoreErrorKind};
+use crate::error::{ConfigError, StoreError, StoreErrorKind};
 use crate::key::Key;
 use crate::quota::{Params, Policy, PolicySet};
 
-/// User keys longer than this are hashed.
-const MAX_KEY_BYTES: usize = 64;
 const DEFAULT_PREFIX: &str = "ratelimit:";
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_FAILURES: u32 = 5;
 const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(1);
 const DEFAULT_DENIED_KEYS: usize = 10_000;
@@ -54,9 +65,14 @@ pub enum RedisConnection {
     /// A multiplexed connection.
     Multiplexed(MultiplexedConnection),
     /// A Redis Cluster connection. Build its client with `.retries(0)`:
-    /// the store must not resend a script that may have run.
+    /// the store must not resend a script that may have run. The store
+    /// follows `MOVED` and `ASK` itself, once.
     #[cfg(feature = "redis-cluster")]
     Cluster(redis::cluster_async::ClusterConnection),
+    /// The master Redis Sentinel names (what
+    /// [`RedisStoreBuilder::connect_sentinel`] makes).
+    #[cfg(feature = "redis-sentinel")]
+    Sentinel(SentinelConnection),
 }
 
 impl From<ConnectionManager> for RedisConnection {
@@ -78,6 +94,13 @@ impl From<redis::cluster_async::ClusterConnection> for RedisConnection {
     }
 }
 
+#[cfg(feature = "redis-sentinel")]
+impl From<SentinelConnection> for RedisConnection {
+    fn from(c: SentinelConnection) -> Self {
+        RedisConnection::Sentinel(c)
+    }
+}
+
 impl RedisConnection {
     async fn query(&mut self, cmd: &Cmd) -> Result<Value, RedisError> {
         let value = match self {
@@ -85,8 +108,55 @@ impl RedisConnection {
             RedisConnection::Multiplexed(c) => c.req_packed_command(cmd).await,
             #[cfg(feature = "redis-cluster")]
             RedisConnection::Cluster(c) => c.req_packed_command(cmd).await,
+            #[cfg(feature = "redis-sentinel")]
+            RedisConnection::Sentinel(c) => c.query(cmd).await,
         }?;
         value.extract_error()
+    }
+
+    /// `cmd` on the node at `addr` after `ASKING` (a Cluster slot being
+    /// migrated there).
+    async fn query_asking(&mut self, cmd: &Cmd, addr: (&str, u16)) -> Result<Value, RedisError> {
+        #[cfg(feature = "redis-cluster")]
+        if let RedisConnection::Cluster(c) = self {
+            use redis::cluster_routing::SingleNodeRoutingInfo;
+            let mut pipe = redis::pipe();
+            pipe.cmd("ASKING").add_command(cmd.clone());
+            let route = SingleNodeRoutingInfo::ByAddress {
+                host: addr.0.to_owned(),
+                port: addr.1,
+            };
+            let mut values = c.route_pipeline(pipe, 1, 1, route).await?;
+            return values.pop().unwrap_or(Value::Nil).extract_error();
+        }
+        let _ = addr;
+        self.query(cmd).await
+    }
+
+    /// `cmd` on the node at `addr` (where a Cluster `MOVED` points); by the
+    /// usual routing when the connection does not know that node yet.
+    async fn query_at(&mut self, cmd: &Cmd, addr: (&str, u16)) -> Result<Value, RedisError> {
+        #[cfg(feature = "redis-cluster")]
+        if let RedisConnection::Cluster(c) = self {
+            use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                host: addr.0.to_owned(),
+                port: addr.1,
+            });
+            match c.route_command(cmd.clone(), route).await {
+                Err(e) if e.kind() == ErrorKind::Client => {}
+                other => return other?.extract_error(),
+            }
+        }
+        let _ = addr;
+        self.query(cmd).await
+    }
+
+    fn is_cluster(&self) -> bool {
+        #[cfg(feature = "redis-cluster")]
+        return matches!(self, RedisConnection::Cluster(_));
+        #[cfg(not(feature = "redis-cluster"))]
+        false
     }
 }
 
@@ -104,10 +174,13 @@ impl RedisConnection {
 ///   keys share the `{hash tag}`, so on Redis Cluster its script never hits
 ///   `CROSSSLOT`; the fingerprint names the policy's algorithm and quota, so
 ///   a policy whose configuration changes starts afresh instead of reading
-///   state counted in other units.
-///   Keys longer than 64 bytes or holding `{` or `}` are replaced by their
-///   SHA-1, so no client input can reach another key or grow Redis without
-///   bound. Every key expires once its state is back to full.
+///   state counted in other units. String and byte keys (API keys, tokens,
+///   user names: what comes from clients) are stored as a keyed hash
+///   (`k:` and 32 hex digits, see [`RedisStoreBuilder::hash_keys`]), never
+///   verbatim; integers and IP addresses as they are. Any key longer than
+///   64 bytes or holding `{` or `}` is hashed too, so no client input can
+///   reach another key or grow Redis without bound. Every key expires once
+///   its state is back to full.
 /// - On Redis 7 and later each shape is a function library, called with
 ///   `FCALL`: its helpers are made once, when it loads, not on every call.
 ///   When Redis does not have it (a restart, `FUNCTION FLUSH`, a new
@@ -116,11 +189,23 @@ impl RedisConnection {
 ///   `EVALSHA`, and on `NOSCRIPT` it is sent once with `EVAL`. Either way
 ///   the call that failed never ran; nothing is resent after a timeout or
 ///   a lost connection, where it may have run: that could count a request
-///   twice.
-/// - Every call has a deadline (default 100 ms). After 5 failures in a row
-///   the store is skipped for a cool-down (default 1 s), failing at once,
-///   so a dead Redis adds no latency to every request; the layer's
-///   [`FailurePolicy`](crate::FailurePolicy) decides what that means.
+///   twice. On Cluster, `MOVED` and `ASK` (the script never ran) are
+///   followed once.
+/// - Every call has a deadline (default 100 ms). Failures are told apart:
+///   a lost connection, a timeout, `LOADING`, `READONLY`, `CLUSTERDOWN`,
+///   `TRYAGAIN`, `BUSY`, `MASTERDOWN`, `OOM` say Redis is unavailable;
+///   `WRONGTYPE` or a script error on one key's value fail that request
+///   only ([`StoreErrorKind::Data`]). After 5 availability failures in a
+///   row (on Cluster: of one master) the store skips that Redis (that
+///   master's keys) for a cool-down (default 1 s), failing at once, so a
+///   dead Redis adds no latency to every request; then one request probes
+///   it, and only its answer lets all traffic back. The layer's
+///   [`FailurePolicy`](crate::FailurePolicy) decides what a failure means.
+/// - [`RedisStore::connect`] checks what it reached within its connect
+///   timeout (default 2 s): the credentials, that the server is a
+///   standalone Redis (a Cluster node or a Sentinel is refused, naming the
+///   constructor to use) and at least [`MIN_REDIS_VERSION`]; a
+///   [`ConnectError`] says what is wrong.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), tower_ratelimit::BoxError> {
@@ -142,9 +227,12 @@ pub struct RedisStore {
 }
 
 struct Inner {
+    /// This store, for the tasks it spawns (they end when it is dropped).
+    #[cfg_attr(not(feature = "redis-cluster"), allow(dead_code))]
+    me: Weak<Inner>,
     prefix: Box<str>,
     timeout: Duration,
-    breaker: Breaker,
+    breakers: Breakers,
     scripts: Scripts,
     /// Whether Redis has functions (7.0 and later): [`UNKNOWN`] until the
     /// first call asks.
@@ -152,6 +240,8 @@ struct Inner {
     denied: Denied,
     coalesce: bool,
     lanes: Lanes,
+    /// Hashes string keys; `None` leaves them readable.
+    key_hash: Option<KeyHash>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -174,20 +264,27 @@ pub struct RedisStoreBuilder {
     denied_keys: usize,
     denied_age: Duration,
     coalesce: bool,
+    hash_keys: bool,
+    key_secret: Option<Secret<Vec<u8>>>,
+    access: Access,
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://host:port/db`) with a reconnecting
+    /// Connects to `url` (`redis://[user:password@]host[:port][/db]`, or
+    /// `rediss://…` with the `redis-tls` feature) with a reconnecting
     /// connection and the default settings.
     ///
     /// # Errors
     ///
-    /// A bad URL, or Redis could not be reached.
-    pub async fn connect(url: &str) -> Result<Self, BoxError> {
+    /// Within the connect timeout (2 s): a bad URL, Redis could not be
+    /// reached or did not answer, refused the credentials, is a Cluster
+    /// node or a Sentinel, or is older than [`MIN_REDIS_VERSION`]. The
+    /// [`ConnectError`] names which.
+    pub async fn connect(url: &str) -> Result<Self, ConnectError> {
         Self::builder().connect(url).await
     }
 
-    /// Configures a store: key prefix, deadline, cool-down.
+    /// Configures a store: key prefix, deadlines, cool-down, credentials.
     pub fn builder() -> RedisStoreBuilder {
         RedisStoreBuilder {
             prefix: DEFAULT_PREFIX.to_owned(),
@@ -197,6 +294,12 @@ impl RedisStore {
             denied_keys: DEFAULT_DENIED_KEYS,
             denied_age: DEFAULT_DENIED_AGE,
             coalesce: true,
+            hash_keys: true,
+            key_secret: None,
+            access: Access {
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                ..Access::default()
+            },
         }
     }
 
@@ -220,7 +323,25 @@ impl RedisStore {
     }
 
     /// The Redis key holding the state of policy `index` of `set` for
-    /// `key`.
+    /// `key`: exactly what Redis stores.
+    ///
+    /// ```
+    /// use tower_ratelimit::key::Key;
+    /// use tower_ratelimit::store::RedisStore;
+    /// use tower_ratelimit::{Policy, PolicySet, Quota};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let conn = redis::Client::open("redis://127.0.0.1:1/").unwrap();
+    /// # let conn = redis::aio::ConnectionManager::new_lazy_with_config(conn, Default::default()).unwrap();
+    /// let store = RedisStore::builder().key_secret("s3cret").build(conn).unwrap();
+    /// let set = PolicySet::new(vec![Policy::new("burst", Quota::per_second(5))]).unwrap();
+    /// let token = store.redis_key(&Key::from("sk_live_51H8xY"), &set, 0);
+    /// assert!(token.starts_with("ratelimit:{k:"), "{token}");
+    /// assert!(!token.contains("sk_live"));
+    /// let ip = store.redis_key(&Key::from(std::net::Ipv4Addr::new(10, 0, 0, 1)), &set, 0);
+    /// assert!(ip.starts_with("ratelimit:{ip:10.0.0.1}:burst:"), "{ip}");
+    /// # });
+    /// ```
     ///
     /// # Panics
     ///
@@ -231,6 +352,7 @@ impl RedisStore {
         write_key(
             &mut out,
             &self.inner.prefix,
+            self.inner.key_hash.as_ref(),
             key,
             &set.policies()[index],
             &set.params()[index],
@@ -253,11 +375,150 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// After `failures` failed calls in a row, skip Redis for `cool_down`
-    /// (default: 5 failures, 1 s).
+    /// How long [`connect`](Self::connect), `connect_cluster` and
+    /// `connect_sentinel` may take in all before they give up with a
+    /// [`ConnectErrorKind::Timeout`] (default 2 s). Reconnections after
+    /// start use it too.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_ratelimit::store::RedisStore;
+    ///
+    /// let builder = RedisStore::builder().connect_timeout(Duration::from_millis(500));
+    /// # let _ = builder;
+    /// ```
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.access.connect_timeout = timeout;
+        self
+    }
+
+    /// The ACL user to log in as, over the URL's (`redis://user:pw@…`).
+    ///
+    /// ```
+    /// use tower_ratelimit::store::RedisStore;
+    ///
+    /// let builder = RedisStore::builder()
+    ///     .username("ratelimiter")
+    ///     .password(std::env::var("REDIS_PASSWORD").unwrap_or_default());
+    /// # let _ = builder;
+    /// ```
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.access.username = Some(username.into());
+        self
+    }
+
+    /// The password, over the URL's; never shown by `Debug` or in errors.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.access.password = Some(Secret(password.into()));
+        self
+    }
+
+    /// The database number, over the URL's (`redis://host/3`). Redis
+    /// Cluster has only database 0.
+    ///
+    /// ```
+    /// use tower_ratelimit::store::RedisStore;
+    ///
+    /// let builder = RedisStore::builder().database(3);
+    /// # let _ = builder;
+    /// ```
+    pub fn database(mut self, db: i64) -> Self {
+        self.access.database = Some(db);
+        self
+    }
+
+    /// Trusts the CA certificates in `pem` for `rediss://` instead of the
+    /// system's roots.
+    ///
+    /// ```no_run
+    /// use tower_ratelimit::store::RedisStore;
+    ///
+    /// let builder = RedisStore::builder().tls_root_ca(std::fs::read("ca.crt").unwrap());
+    /// # let _ = builder;
+    /// ```
+    #[cfg(feature = "redis-tls")]
+    pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.access.tls.root_ca = Some(pem.into());
+        self
+    }
+
+    /// Presents a client certificate (`--tls-auth-clients yes`): the
+    /// certificate chain and its private key, both PEM.
+    #[cfg(feature = "redis-tls")]
+    pub fn tls_client_cert(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<String>,
+    ) -> Self {
+        self.access.tls.client_cert = Some((cert_pem.into(), Secret(key_pem.into())));
+        self
+    }
+
+    /// The password of the sentinels themselves (`requirepass` in their
+    /// configuration), when they have one; the master's is
+    /// [`password`](Self::password).
+    #[cfg(feature = "redis-sentinel")]
+    pub fn sentinel_password(mut self, password: impl Into<String>) -> Self {
+        self.access.sentinel_password = Some(Secret(password.into()));
+        self
+    }
+
+    /// After `failures` availability failures in a row, skip Redis (on
+    /// Cluster, the failing master's keys) for `cool_down` (default: 5
+    /// failures, 1 s); then one request probes it. `Duration::MAX` means
+    /// never come back on its own.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_ratelimit::store::RedisStore;
+    ///
+    /// let builder = RedisStore::builder().cool_down(3, Duration::from_millis(500));
+    /// # let _ = builder;
+    /// ```
     pub fn cool_down(mut self, failures: u32, cool_down: Duration) -> Self {
         self.failures = failures;
         self.cool_down = cool_down;
+        self
+    }
+
+    /// Whether string and byte keys (API keys, tokens, user names) are
+    /// stored as a keyed hash rather than verbatim (default: yes). With
+    /// it, Redis (and `SCAN`, `MONITOR`, the slowlog) shows
+    /// `ratelimit:{k:<32 hex digits>}:<policy>:<fingerprint>`: the first
+    /// 128 bits of HMAC-SHA1 over the key's kind and bytes (`s:sk_live_…`)
+    /// under [`key_secret`](Self::key_secret). Integer, IP address and
+    /// global keys stay readable (`{n:42}`, `{ip:10.0.0.1}`, `{g}`).
+    /// Without it, string keys are stored as they are (`{s:alice}`), except
+    /// those longer than 64 bytes or holding braces, which become `{h:` and
+    /// their SHA-1 `}`. Every instance sharing limits must agree on this
+    /// and on the secret.
+    ///
+    /// ```
+    /// use tower_ratelimit::store::RedisStore;
+    ///
+    /// let readable = RedisStore::builder().hash_keys(false);
+    /// # let _ = readable;
+    /// ```
+    pub fn hash_keys(mut self, hash: bool) -> Self {
+        self.hash_keys = hash;
+        self
+    }
+
+    /// The secret of the keyed hash of [`hash_keys`](Self::hash_keys).
+    /// Without one, a fixed public key is used: tokens still never appear
+    /// in Redis, but someone who reads Redis can test guesses of short
+    /// keys (user names, emails) against the hashes. Give every instance
+    /// the same secret, from your secret store.
+    ///
+    /// ```
+    /// use tower_ratelimit::store::RedisStore;
+    ///
+    /// let builder = RedisStore::builder()
+    ///     .key_secret(std::env::var("RATELIMIT_KEY_SECRET").unwrap_or_default());
+    /// # let _ = builder;
+    /// ```
+    pub fn key_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.key_secret = Some(Secret(secret.as_ref().to_vec()));
         self
     }
 
@@ -311,12 +572,7 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The store, over `conn`.
-    ///
-    /// # Errors
-    ///
-    /// A prefix holding `{` or `}`, a zero timeout, or zero failures.
-    pub fn build(self, conn: impl Into<RedisConnection>) -> Result<RedisStore, ConfigError> {
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.prefix.contains(['{', '}']) {
             return Err(ConfigError::new(
                 "prefix",
@@ -329,54 +585,278 @@ impl RedisStoreBuilder {
         if self.timeout.is_zero() {
             return Err(ConfigError::new("timeout", "must be more than zero"));
         }
+        if self.access.connect_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "connect_timeout",
+                "must be more than zero",
+            ));
+        }
         if self.failures == 0 {
             return Err(ConfigError::new("failures", "must be at least 1"));
         }
+        Ok(())
+    }
+
+    /// The store, over `conn`.
+    ///
+    /// # Errors
+    ///
+    /// A prefix holding `{` or `}`, a zero timeout, or zero failures.
+    pub fn build(self, conn: impl Into<RedisConnection>) -> Result<RedisStore, ConfigError> {
+        self.validate()?;
+        let conn = conn.into();
+        let per_node = conn.is_cluster();
+        let key_hash = self.hash_keys.then(|| {
+            KeyHash::new(
+                self.key_secret
+                    .as_ref()
+                    .map_or(keys::PUBLIC_KEY, |s| s.0.as_slice()),
+            )
+        });
         Ok(RedisStore {
-            conn: conn.into(),
-            inner: Arc::new(Inner {
+            conn,
+            inner: Arc::new_cyclic(|me| Inner {
+                me: me.clone(),
                 prefix: self.prefix.into(),
                 timeout: self.timeout,
-                breaker: Breaker::new(self.failures, self.cool_down),
+                breakers: Breakers::new(self.failures, self.cool_down, per_node),
                 scripts: Scripts::default(),
                 functions: AtomicU8::new(UNKNOWN),
                 denied: Denied::new(self.denied_keys, self.denied_age),
                 coalesce: self.coalesce,
                 lanes: Lanes::default(),
+                key_hash,
             }),
         })
     }
 
-    /// Connects to `url` with a reconnecting connection.
+    /// Connects to a standalone Redis at `url`
+    /// (`redis://[user:password@]host[:port][/db]`, or `rediss://…` with
+    /// the `redis-tls` feature) with a reconnecting connection, after
+    /// checking it answers, takes the credentials, is standalone and at
+    /// least [`MIN_REDIS_VERSION`].
     ///
     /// # Errors
     ///
-    /// A bad setting, a bad URL, or Redis could not be reached.
-    pub async fn connect(self, url: &str) -> Result<RedisStore, BoxError> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout.max(Duration::from_secs(1))))
-            .set_response_timeout(None);
-        let manager = client.get_connection_manager_with_config(config).await?;
+    /// Within the [connect timeout](Self::connect_timeout), a
+    /// [`ConnectError`] that names the problem: a bad setting or URL,
+    /// nothing listening, no answer, refused credentials, a TLS or plain
+    /// port given the other kind of URL, a Cluster node or a Sentinel, a
+    /// Redis too old.
+    pub async fn connect(self, url: &str) -> Result<RedisStore, ConnectError> {
+        self.validate()?;
+        let info = self.access.info(url)?;
+        let client = self.access.client(info)?;
+        // The first connection checks what is there; the manager's is the
+        // store's.
+        self.access.checked(&client, Mode::Standalone).await?;
+        let manager = self.access.manager(client).await?;
         Ok(self.build(manager)?)
     }
 
-    /// Connects to a Redis Cluster through any of its nodes' URLs.
+    /// Connects to a Redis Cluster through any of its nodes' URLs, after
+    /// checking the nodes answer, take the credentials, are Cluster nodes
+    /// and at least [`MIN_REDIS_VERSION`].
+    ///
+    /// Keys of healthy masters keep being decided while another master
+    /// fails over only if the cluster does not stop serving when a slot is
+    /// uncovered: set `cluster-require-full-coverage no` on the nodes.
     ///
     /// # Errors
     ///
-    /// A bad setting, a bad URL, or the cluster could not be reached.
+    /// As [`connect`](Self::connect); a standalone Redis is refused,
+    /// naming `connect`.
     #[cfg(feature = "redis-cluster")]
     pub async fn connect_cluster(
         self,
         urls: impl IntoIterator<Item = impl AsRef<str>>,
-    ) -> Result<RedisStore, BoxError> {
-        let nodes: Vec<String> = urls.into_iter().map(|u| u.as_ref().to_owned()).collect();
-        let client = redis::cluster::ClusterClientBuilder::new(nodes)
+    ) -> Result<RedisStore, ConnectError> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+
+        self.validate()?;
+        if self.access.database.is_some_and(|db| db != 0) {
+            return Err(ConnectError::new(
+                ConnectErrorKind::Config,
+                "database: Redis Cluster has only database 0",
+            ));
+        }
+        let mut infos = Vec::new();
+        for url in urls {
+            infos.push(self.access.info(url.as_ref())?);
+        }
+        let Some(first) = infos.first() else {
+            return Err(ConnectError::new(
+                ConnectErrorKind::Config,
+                "connect_cluster needs at least one node's URL",
+            ));
+        };
+        let addr = first.addr().to_string();
+        let tls = matches!(first.addr(), redis::ConnectionAddr::TcpTls { .. });
+        let limit = self.access.connect_timeout;
+        #[cfg_attr(not(feature = "redis-tls"), allow(unused_mut))]
+        let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
             // A script that may have run is never sent again.
             .retries(0)
-            .build()?;
-        let conn = client.get_async_connection().await?;
+            .connection_timeout(limit)
+            .response_timeout(limit);
+        #[cfg(feature = "redis-tls")]
+        if tls {
+            connect::install_crypto_provider();
+            if self.access.tls.is_set() {
+                builder = builder.certs(self.access.tls.certificates());
+            }
+        }
+        let client = builder
+            .build()
+            .map_err(|e| connect::explain(e, &addr, tls, limit))?;
+        let conn = connect::within(limit, &addr, async {
+            let mut conn = client
+                .get_async_connection()
+                .await
+                .map_err(|e| connect::explain(e, &addr, tls, limit))?;
+            let info = conn
+                .route_command(
+                    redis::cmd("INFO").arg("server").clone(),
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                )
+                .await
+                .map_err(|e| connect::explain(e, &addr, tls, limit))?;
+            let info: String = redis::from_redis_value(info).map_err(|e| {
+                ConnectError::new(
+                    ConnectErrorKind::Protocol,
+                    format!("{addr} sent no INFO: {e}"),
+                )
+            })?;
+            connect::check_server(&info, Mode::Cluster, &addr)?;
+            Ok(conn)
+        })
+        .await?;
+        let store = self.build(conn)?;
+        if let RedisConnection::Cluster(c) = &store.conn {
+            nodes::cluster::refresh(&store.inner, c);
+        }
+        Ok(store)
+    }
+
+    /// Connects to the master that the sentinels at `sentinel_urls`
+    /// (`redis://host:26379`) name for `master_name`, and follows it
+    /// through failovers: a call that finds the master gone drops the
+    /// connection, and the next asks the sentinels again. The builder's
+    /// username, password, database and TLS settings are for the master;
+    /// [`sentinel_password`](Self::sentinel_password) for the sentinels.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), tower_ratelimit::BoxError> {
+    /// use tower_ratelimit::store::RedisStore;
+    ///
+    /// let store = RedisStore::builder()
+    ///     .password("master-password")
+    ///     .connect_sentinel(["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"], "mymaster")
+    ///     .await?;
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), for the sentinels and the master
+    /// they name; [`ConnectErrorKind::Other`] when no sentinel knows
+    /// `master_name`.
+    #[cfg(feature = "redis-sentinel")]
+    pub async fn connect_sentinel(
+        self,
+        sentinel_urls: impl IntoIterator<Item = impl AsRef<str>>,
+        master_name: &str,
+    ) -> Result<RedisStore, ConnectError> {
+        self.validate()?;
+        let sentinels_access = Access {
+            connect_timeout: self.access.connect_timeout,
+            username: None,
+            password: self.access.sentinel_password.clone(),
+            database: None,
+            #[cfg(feature = "redis-tls")]
+            tls: self.access.tls.clone(),
+            sentinel_password: None,
+        };
+        let mut addrs = Vec::new();
+        for url in sentinel_urls {
+            addrs.push(sentinels_access.info(url.as_ref())?);
+        }
+        let Some(first) = addrs.first() else {
+            return Err(ConnectError::new(
+                ConnectErrorKind::Config,
+                "connect_sentinel needs at least one sentinel's URL",
+            ));
+        };
+        let limit = self.access.connect_timeout;
+        let sentinel_addr = first.addr().to_string();
+        let sentinel_tls = matches!(first.addr(), redis::ConnectionAddr::TcpTls { .. });
+        let mut builder = redis::sentinel::SentinelClientBuilder::new(
+            addrs.iter().map(|i| i.addr().clone()),
+            master_name,
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .map_err(|e| connect::explain(e, &sentinel_addr, sentinel_tls, limit))?
+        .set_client_to_redis_tcp_settings(redis::io::tcp::TcpSettings::default());
+        if let Some(user) = &self.access.username {
+            builder = builder.set_client_to_redis_username(user);
+        }
+        if let Some(pw) = &self.access.password {
+            builder = builder.set_client_to_redis_password(&pw.0);
+        }
+        if let Some(db) = self.access.database {
+            builder = builder.set_client_to_redis_db(db);
+        }
+        if let Some(pw) = &self.access.sentinel_password {
+            builder = builder.set_client_to_sentinel_password(&pw.0);
+        }
+        if sentinel_tls {
+            builder = builder.set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+        }
+        #[cfg(feature = "redis-tls")]
+        if sentinel_tls {
+            connect::install_crypto_provider();
+            if self.access.tls.is_set() {
+                builder = builder
+                    .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+                    .set_client_to_redis_certificates(self.access.tls.certificates())
+                    .set_client_to_sentinel_certificates(self.access.tls.certificates());
+            }
+        }
+        let mut client = builder
+            .build()
+            .map_err(|e| connect::explain(e, &sentinel_addr, sentinel_tls, limit))?;
+        // The master's client, then its connection, checked.
+        let master = connect::within(limit, &sentinel_addr, async {
+            client.async_get_client().await.map_err(|e| {
+                if matches!(
+                    e.kind(),
+                    ErrorKind::MasterNameNotFoundBySentinel
+                        | ErrorKind::NoValidReplicasFoundBySentinel
+                ) {
+                    ConnectError::new(
+                        ConnectErrorKind::Other,
+                        format!("no sentinel knows a master named {master_name:?}"),
+                    )
+                } else {
+                    connect::explain(e, &sentinel_addr, sentinel_tls, limit)
+                }
+            })
+        })
+        .await?;
+        self.access.checked(&master, Mode::Standalone).await?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(limit))
+            .set_response_timeout(None);
+        let conn = SentinelConnection::new(client, config);
+        let addr = master.get_connection_info().addr().to_string();
+        connect::within(limit, &addr, async {
+            conn.master()
+                .await
+                .map_err(|e| connect::explain(e, &addr, sentinel_tls, limit))
+        })
+        .await?;
         Ok(self.build(conn)?)
     }
 }
@@ -420,7 +900,7 @@ impl Store for RedisStore {
             }
             None
         };
-        if self.inner.breaker.is_open() {
+        if !self.inner.breakers.per_node() && self.inner.breakers.get(None).is_open() {
             return Box::pin(std::future::ready(Err(cooling_down())));
         }
         if call.op == Op::Reset {
@@ -465,26 +945,53 @@ pub(crate) fn no_runtime() -> StoreError {
 }
 
 impl Inner {
-    /// Decides `batch`'s requests for `key` in one call.
+    /// Decides `batch`'s requests for `key` in one call, unless the
+    /// breaker of the Redis (the Cluster master) serving `key` is open.
     async fn decide_batch(
         &self,
         conn: &mut RedisConnection,
         key: &Key,
         batch: &Batch,
     ) -> Result<Vec<Decision>, StoreError> {
-        if self.breaker.is_open() {
-            return Err(cooling_down());
-        }
         let call = &batch.call;
+        let mut tag = Vec::with_capacity(48);
+        keys::write_tag(&mut tag, self.key_hash.as_ref(), key);
+        let slot = self.breakers.per_node().then(|| nodes::slot(&tag));
+        #[cfg(feature = "redis-cluster")]
+        if let RedisConnection::Cluster(c) = conn
+            && nodes::cluster::unknown(self)
+        {
+            nodes::cluster::refresh(self, c);
+        }
+        let breaker = self.breakers.get(slot);
+        let probe = match breaker.admit() {
+            Admit::Skip => return Err(cooling_down()),
+            Admit::Go => None,
+            Admit::Probe(p) => Some(p),
+        };
         let script = self.scripts.get(&call.set, call.shape());
-        let cmd = command(&self.prefix, &script, key, call, &batch.requests);
+        let cmd = command(&self.prefix, &script, &tag, call, &batch.requests);
         let sent = Instant::now();
         let replies = if call.op == Op::Reset {
             0
         } else {
             batch.requests.len()
         };
-        let reply = send(self, conn, &script, &cmd, &call.set, replies).await?;
+        let result = send(self, conn, &script, &cmd, &call.set, replies).await;
+        // Only availability failures count; a data error is an answer.
+        let answered = !matches!(&result, Err(e) if is_availability(e));
+        match probe {
+            Some(p) => p.finish(answered),
+            None => breaker.record(answered),
+        }
+        #[cfg(feature = "redis-cluster")]
+        if let RedisConnection::Cluster(c) = conn
+            && breaker.is_open()
+        {
+            // The master may be failing over: learn its successor.
+            nodes::cluster::refresh(self, c);
+        }
+        let reply = result?;
         let read_at = reply.now;
         let (decisions, states) = answer(call, &batch.requests, reply)?;
         if let Some(last) = decisions.last() {
@@ -492,6 +999,15 @@ impl Inner {
         }
         Ok(decisions)
     }
+}
+
+/// Whether `e` says Redis (or a node) is unavailable, rather than that one
+/// request failed.
+fn is_availability(e: &StoreError) -> bool {
+    matches!(
+        e.kind(),
+        StoreErrorKind::Timeout | StoreErrorKind::Unavailable
+    )
 }
 
 impl Inner {
@@ -586,9 +1102,9 @@ impl Request {
     }
 }
 
-/// `FCALL` of `script`'s function with the keys of `key` under `call`'s
+/// `FCALL` of `script`'s function with the keys of hash tag `tag` under `call`'s
 /// policies and the arguments `lua/decide.lua` describes.
-fn command(prefix: &str, script: &Script, key: &Key, call: &Call, requests: &[Request]) -> Cmd {
+fn command(prefix: &str, script: &Script, tag: &[u8], call: &Call, requests: &[Request]) -> Cmd {
     let set = &call.set;
     let mut cmd = Cmd::with_capacity(
         4 + set.len() + requests.len() * script.stride.max(1),
@@ -599,7 +1115,7 @@ fn command(prefix: &str, script: &Script, key: &Key, call: &Call, requests: &[Re
     let mut name = Vec::with_capacity(prefix.len() + 160);
     name.extend_from_slice(prefix.as_bytes());
     name.push(b'{');
-    write_tag(&mut name, key);
+    name.extend_from_slice(tag);
     name.extend_from_slice(b"}:");
     let stem = name.len();
     for (p, params) in set.policies().iter().zip(set.params()) {
@@ -650,7 +1166,9 @@ fn command(prefix: &str, script: &Script, key: &Key, call: &Call, requests: &[Re
 /// Calls `script`'s function with `cmd`'s arguments (an `FCALL`): loads
 /// its library first if Redis does not have it, and falls back to
 /// `EVALSHA` (then `EVAL` on `NOSCRIPT`) on a Redis without functions;
-/// within the store's deadline. Nothing is sent again once it may have run.
+/// follows a Cluster `MOVED` or `ASK` once; all within the store's
+/// deadline. Each of these replies means the script never ran; nothing is
+/// sent again once it may have run.
 async fn send(
     inner: &Inner,
     conn: &mut RedisConnection,
@@ -668,42 +1186,74 @@ async fn send(
             probe.arg("tower_ratelimit_probe").arg(0);
             let mode = match conn.query(&probe).await {
                 Err(e) if is_server_error(&e, "Function not found") => FUNCTIONS,
-                Err(e) if matches!(e.kind(), ErrorKind::Server(_)) => SCRIPTS,
+                Err(e) if matches!(e.kind(), ErrorKind::Server(_)) && !is_unavailable(&e) => {
+                    SCRIPTS
+                }
                 Err(e) => return Err(e),
                 Ok(_) => FUNCTIONS,
             };
             inner.functions.store(mode, Ordering::Relaxed);
         }
-        if inner.functions.load(Ordering::Relaxed) == FUNCTIONS {
-            return match conn.query(cmd).await {
-                Err(e) if is_server_error(&e, "Function not found") => {
-                    // It never ran. Load it (on every master of a cluster)
-                    // and call it once more.
-                    let mut load = redis::cmd("FUNCTION");
-                    load.arg("LOAD").arg("REPLACE").arg(&script.library);
-                    conn.query(&load).await?;
-                    conn.query(cmd).await
-                }
-                other => other,
+        let functions = inner.functions.load(Ordering::Relaxed) == FUNCTIONS;
+        let mut now = if functions {
+            std::borrow::Cow::Borrowed(cmd)
+        } else {
+            std::borrow::Cow::Owned(with_head(cmd, "EVALSHA", &script.sha))
+        };
+        let (mut loaded, mut redirected) = (false, false);
+        let mut at: Option<(String, u16, bool)> = None;
+        loop {
+            let result = match &at {
+                Some((host, port, true)) => conn.query_asking(&now, (host, *port)).await,
+                Some((host, port, false)) => conn.query_at(&now, (host, *port)).await,
+                None => conn.query(&now).await,
             };
-        }
-        let evalsha = with_head(cmd, "EVALSHA", &script.sha);
-        match conn.query(&evalsha).await {
-            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                // The script never ran: send it whole, once. The command
-                // with its text is only built now.
-                conn.query(&with_head(cmd, "EVAL", &script.text)).await
+            let e = match result {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let kind = e.kind();
+            if matches!(
+                kind,
+                ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask)
+            ) && !redirected
+            {
+                // The slot is (being) served elsewhere: follow once.
+                redirected = true;
+                let ask = kind == ErrorKind::Server(ServerErrorKind::Ask);
+                at = e.redirect_node().and_then(|(addr, _)| {
+                    let (host, port) = addr.rsplit_once(':')?;
+                    Some((host.to_owned(), port.parse().ok()?, ask))
+                });
+                #[cfg(feature = "redis-cluster")]
+                if let (RedisConnection::Cluster(c), false) = (&*conn, ask) {
+                    nodes::cluster::refresh(inner, c);
+                }
+                continue;
             }
-            other => other,
+            if functions && !loaded && is_server_error(&e, "Function not found") {
+                // Load it (on every master of a cluster), call once more.
+                loaded = true;
+                let mut load = redis::cmd("FUNCTION");
+                load.arg("LOAD").arg("REPLACE").arg(&script.library);
+                conn.query(&load).await?;
+                continue;
+            }
+            if !functions && !loaded && kind == ErrorKind::Server(ServerErrorKind::NoScript) {
+                // Send it whole, once. The command with its text is only
+                // built now.
+                loaded = true;
+                now = std::borrow::Cow::Owned(with_head(cmd, "EVAL", &script.text));
+                continue;
+            }
+            return Err(e);
         }
     };
-    let result = match tokio::time::timeout(inner.timeout, call).await {
+    match tokio::time::timeout(inner.timeout, call).await {
         Ok(Ok(value)) => reply::parse(set, value, requests),
         Ok(Err(e)) => Err(store_error(e)),
         Err(_) => Err(timed_out(inner.timeout)),
-    };
-    inner.breaker.record(result.is_ok());
-    result
+    }
 }
 
 /// Whether `e` is Redis's `ERR` whose message starts with `message`.
@@ -770,25 +1320,18 @@ fn answer(
     Ok((decisions, states))
 }
 
-/// What goes between a key's braces: the tagged key, or its SHA-1 when it
-/// is long or holds braces.
-fn write_tag(out: &mut Vec<u8>, key: &Key) {
-    let start = out.len();
-    key.write_tagged(out);
-    let tagged = &out[start..];
-    if tagged.len() > MAX_KEY_BYTES || tagged.iter().any(|b| matches!(b, b'{' | b'}')) {
-        let digest = sha1_smol::Sha1::from(tagged).digest().to_string();
-        out.truncate(start);
-        out.extend_from_slice(b"h:");
-        out.extend_from_slice(digest.as_bytes());
-    }
-}
-
 /// `<prefix>{<key>}:<policy>:<fingerprint>`.
-fn write_key(out: &mut Vec<u8>, prefix: &str, key: &Key, policy: &Policy, params: &Params) {
+fn write_key(
+    out: &mut Vec<u8>,
+    prefix: &str,
+    hash: Option<&KeyHash>,
+    key: &Key,
+    policy: &Policy,
+    params: &Params,
+) {
     out.extend_from_slice(prefix.as_bytes());
     out.push(b'{');
-    write_tag(out, key);
+    keys::write_tag(out, hash, key);
     out.extend_from_slice(b"}:");
     write_policy(out, policy, params);
 }
@@ -805,12 +1348,64 @@ fn write_policy(out: &mut Vec<u8>, policy: &Policy, params: &Params) {
     }
 }
 
+/// Server error codes that say Redis (or one Cluster node) cannot serve
+/// now, whatever the key.
+const UNAVAILABLE: [&str; 14] = [
+    "LOADING",
+    "READONLY",
+    "CLUSTERDOWN",
+    "TRYAGAIN",
+    "MASTERDOWN",
+    "BUSY",
+    "OOM",
+    "MISCONF",
+    "NOREPLICAS",
+    "NOAUTH",
+    "WRONGPASS",
+    "NOPERM",
+    "MOVED",
+    "ASK",
+];
+
+/// Whether `e` says Redis cannot serve now, rather than that this request
+/// failed.
+fn is_unavailable(e: &RedisError) -> bool {
+    match e.kind() {
+        ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::ReadOnly
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::Moved
+            | ServerErrorKind::Ask
+            | ServerErrorKind::NoPerm,
+        ) => true,
+        ErrorKind::Server(_) => e.code().is_some_and(|c| UNAVAILABLE.contains(&c)),
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType => false,
+        _ => true,
+    }
+}
+
+/// A store error of the kind `e` is: a timeout or unavailability (which
+/// count towards the cool-down), or a data error of this request's key
+/// (`WRONGTYPE`, a script error on its value), which fails this request
+/// only.
 fn store_error(e: RedisError) -> StoreError {
-    let kind = match e.kind() {
-        ErrorKind::Server(_) | ErrorKind::Parse | ErrorKind::UnexpectedReturnType => {
-            StoreErrorKind::Protocol
-        }
-        _ => StoreErrorKind::Unavailable,
+    let (kind, what) = if e.is_timeout() {
+        (StoreErrorKind::Timeout, "Redis did not answer in time")
+    } else if is_unavailable(&e) {
+        (StoreErrorKind::Unavailable, "Redis is unavailable")
+    } else if matches!(e.kind(), ErrorKind::Server(_)) {
+        (
+            StoreErrorKind::Data,
+            "Redis refused the request for this key (other keys are unaffected)",
+        )
+    } else {
+        (
+            StoreErrorKind::Protocol,
+            "Redis answered in a way the store cannot read",
+        )
     };
-    StoreError::new(kind, "Redis failed", Some(Box::new(e)))
+    StoreError::new(kind, what, Some(Box::new(e)))
 }
