@@ -78,7 +78,13 @@ impl RedisServer {
 
     fn spawn_in(dir: PathBuf, port: u16, extra: &[&str]) -> Self {
         let log = dir.join("redis.log");
-        let mut args = vec![
+        // A configuration file goes first.
+        let (conf, extra) = match extra.first() {
+            Some(f) if f.ends_with(".conf") => (vec![(*f).to_owned()], &extra[1..]),
+            _ => (Vec::new(), extra),
+        };
+        let mut args = conf;
+        args.extend([
             "--port".to_owned(),
             port.to_string(),
             "--bind".to_owned(),
@@ -91,7 +97,7 @@ impl RedisServer {
             dir.display().to_string(),
             "--logfile".to_owned(),
             log.display().to_string(),
-        ];
+        ]);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let child = match Command::new("redis-server")
             .args(&args)
@@ -424,4 +430,77 @@ pub async fn cluster_store(cluster: &RedisCluster) -> tower_ratelimit::store::Re
         .connect_cluster(cluster.urls())
         .await
         .unwrap()
+}
+
+/// A master, one replica and three sentinels watching them as
+/// `mymaster`, which fail over `down_after_ms` after the master stops
+/// answering.
+pub struct RedisSentinels {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    pub sentinels: Vec<RedisServer>,
+}
+
+impl RedisSentinels {
+    pub fn start(down_after_ms: u32) -> Self {
+        let master = RedisServer::start();
+        let replica =
+            RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !replica
+            .command("INFO replication")
+            .contains("master_link_status:up")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the replica did not sync in 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let sentinels = (0..3)
+            .map(|_| {
+                let dir = temp_dir("sentinel");
+                let port = free_port();
+                let conf = dir.join("sentinel.conf");
+                std::fs::write(
+                    &conf,
+                    format!(
+                        "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                         sentinel monitor mymaster 127.0.0.1 {master} 2\n\
+                         sentinel down-after-milliseconds mymaster {down_after_ms}\n\
+                         sentinel failover-timeout mymaster 10000\n\
+                         sentinel parallel-syncs mymaster 1\n",
+                        dir = dir.display(),
+                        master = master.port(),
+                    ),
+                )
+                .unwrap();
+                let conf = conf.display().to_string();
+                RedisServer::spawn_in(dir, port, &[&conf, "--sentinel"])
+            })
+            .collect();
+        let s = Self {
+            master,
+            replica,
+            sentinels,
+        };
+        // Every sentinel has found the replica and the other sentinels.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !s.sentinels.iter().all(|n| {
+            let info = n.command("SENTINEL MASTER mymaster");
+            info.contains("num-slaves") && n.command("INFO sentinel").contains("sentinels=3")
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the sentinels did not meet in 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    /// `redis://127.0.0.1:<port>/` for every sentinel.
+    pub fn urls(&self) -> Vec<String> {
+        self.sentinels.iter().map(RedisServer::url).collect()
+    }
 }

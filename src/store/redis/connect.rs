@@ -3,6 +3,7 @@
 //! say what is wrong.
 
 use std::error::Error as StdError;
+
 use std::fmt;
 use std::time::Duration;
 
@@ -304,7 +305,14 @@ impl Access {
             client.get_connection_info().addr(),
             redis::ConnectionAddr::TcpTls { .. }
         );
-        within(self.connect_timeout, &addr, async {
+        // With TLS, a little time is kept to tell a plain port from a
+        // silent one.
+        let probe = if tls {
+            (self.connect_timeout / 5).min(Duration::from_millis(200))
+        } else {
+            Duration::ZERO
+        };
+        let result = within(self.connect_timeout - probe, &addr, async {
             let mut conn = client
                 .get_multiplexed_async_connection_with_config(&self.async_config())
                 .await
@@ -317,7 +325,25 @@ impl Access {
             check_server(&info, expect, &addr)?;
             Ok(conn)
         })
-        .await
+        .await;
+        match result {
+            #[cfg(feature = "redis-tls")]
+            Err(e)
+                if tls && matches!(e.kind, ConnectErrorKind::Timeout | ConnectErrorKind::Tls) =>
+            {
+                Err(match speaks_plain_redis(&addr, probe).await {
+                    true => ConnectError::new(
+                        ConnectErrorKind::Tls,
+                        format!(
+                            "{addr} speaks plain Redis, not TLS: use a redis:// URL for it, or \
+                             the server's --tls-port"
+                        ),
+                    ),
+                    false => e,
+                })
+            }
+            other => other,
+        }
     }
 
     /// A reconnecting connection to `client`, once [`Access::checked`]
@@ -345,6 +371,20 @@ impl Access {
         })
         .await
     }
+}
+
+/// Whether a plain `PING` to `addr` gets a Redis reply within `limit`.
+#[cfg(feature = "redis-tls")]
+async fn speaks_plain_redis(addr: &str, limit: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0_u8; 1];
+        s.read_exact(&mut buf).await.ok()?;
+        Some(matches!(buf[0], b'+' | b'-'))
+    };
+    matches!(tokio::time::timeout(limit, ask).await, Ok(Some(true)))
 }
 
 /// Installs rustls's `ring` provider as the process default, unless the
@@ -452,13 +492,19 @@ pub(crate) fn check_version(version: &str, addr: &str) -> Result<(), ConnectErro
 pub(crate) fn explain(e: RedisError, addr: &str, tls: bool, limit: Duration) -> ConnectError {
     use ConnectErrorKind as K;
     let code = e.code().unwrap_or_default().to_owned();
-    let detail = e.detail().unwrap_or_default().to_owned();
-    let (kind, message) = if e.kind() == ErrorKind::AuthenticationFailed || code == "WRONGPASS" {
+    // The Cluster client wraps the nodes' errors in one of its own.
+    let text = e.to_string();
+    let detail = format!("{} {text}", e.detail().unwrap_or_default());
+    let (kind, message) = if e.kind() == ErrorKind::AuthenticationFailed
+        || code == "WRONGPASS"
+        || text.contains("AuthenticationFailed")
+        || text.contains("WRONGPASS")
+    {
         (
             K::Auth,
             format!("{addr} refused the username or password: check the credentials"),
         )
-    } else if code == "NOAUTH" {
+    } else if code == "NOAUTH" || text.contains("NOAUTH") {
         (
             K::Auth,
             format!(
@@ -486,49 +532,29 @@ pub(crate) fn explain(e: RedisError, addr: &str, tls: bool, limit: Duration) -> 
             K::Mode,
             format!("{addr} is not a Redis Cluster node: connect with RedisStore::connect(url)"),
         )
-    } else if let Some(io) = StdError::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>()) {
-        use std::io::ErrorKind as Io;
-        let text = io.to_string();
-        match io.kind() {
-            Io::ConnectionRefused => (
+    } else if e.is_connection_refusal() || text.contains("Connection refused") {
+        (
+            K::Unreachable,
+            format!("nothing listens at {addr} (connection refused): check the host and port"),
+        )
+    } else if e.is_timeout() {
+        return timeout(addr, limit);
+    } else if e.is_io_error() && !e.is_connection_dropped() {
+        if text.contains("lookup") || text.contains("resolve") || text.contains("Name or service") {
+            (
                 K::Unreachable,
-                format!("nothing listens at {addr} (connection refused): check the host and port"),
-            ),
-            Io::TimedOut | Io::WouldBlock => return timeout(addr, limit),
-            Io::InvalidData if tls => (
+                format!("the host of {addr} does not resolve"),
+            )
+        } else if tls {
+            (
                 K::Tls,
                 format!(
                     "the TLS handshake with {addr} failed: if the port speaks plain TCP, use a \
                      redis:// URL; otherwise check the CA and that the certificate names the host"
                 ),
-            ),
-            Io::UnexpectedEof
-            | Io::ConnectionReset
-            | Io::ConnectionAborted
-            | Io::BrokenPipe
-            | Io::NotConnected => (
-                if tls { K::Tls } else { K::Protocol },
-                if tls {
-                    format!("{addr} closed the connection during the TLS handshake")
-                } else {
-                    format!(
-                        "{addr} closed the connection without answering: if it serves TLS, use \
-                         a rediss:// URL"
-                    )
-                },
-            ),
-            _ if text.contains("lookup") || text.contains("resolve") || text.contains("Name") => (
-                K::Unreachable,
-                format!("the host of {addr} does not resolve"),
-            ),
-            _ if tls => (
-                K::Tls,
-                format!(
-                    "the TLS connection to {addr} failed: if the port speaks plain TCP, use a \
-                     redis:// URL"
-                ),
-            ),
-            _ => (K::Unreachable, format!("could not connect to {addr}")),
+            )
+        } else {
+            (K::Unreachable, format!("could not connect to {addr}"))
         }
     } else if e.is_connection_dropped() || e.kind() == ErrorKind::Io {
         (
@@ -547,8 +573,6 @@ pub(crate) fn explain(e: RedisError, addr: &str, tls: bool, limit: Duration) -> 
             if tls { K::Tls } else { K::Protocol },
             format!("{addr} does not speak the Redis protocol"),
         )
-    } else if e.is_timeout() {
-        return timeout(addr, limit);
     } else {
         (K::Other, format!("{addr} refused the connection"))
     };
