@@ -304,6 +304,10 @@ impl RedisCluster {
                     // A promoted replica takes over at once, whatever its lag.
                     "--cluster-replica-validity-factor",
                     "0",
+                    // Masters keep serving their slots while another's are
+                    // uncovered, as production clusters should be set.
+                    "--cluster-require-full-coverage",
+                    "no",
                 ])
             })
             .collect();
@@ -384,6 +388,32 @@ impl RedisCluster {
     /// `redis://127.0.0.1:<port>/` for every node.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The slot of Redis key `name`.
+    pub fn slot_of(&self, name: &str) -> u16 {
+        let i = self.masters()[0];
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &self.nodes[i].port.to_string(),
+                "CLUSTER",
+                "KEYSLOT",
+                name,
+            ])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+
+    /// `redis-cli` against node `i`, its output.
+    pub fn cli(&self, i: usize, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.nodes[i].port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 }
 

@@ -1381,8 +1381,10 @@ fn is_unavailable(e: &RedisError) -> bool {
             | ServerErrorKind::Ask
             | ServerErrorKind::NoPerm,
         ) => true,
-        ErrorKind::Server(_) => e.code().is_some_and(|c| UNAVAILABLE.contains(&c)),
         ErrorKind::Parse | ErrorKind::UnexpectedReturnType => false,
+        // Any other code the server sent (`WRONGTYPE`, `ERR`, …) is about
+        // this request, unless listed.
+        _ if e.code().is_some() => e.code().is_some_and(|c| UNAVAILABLE.contains(&c)),
         _ => true,
     }
 }
@@ -1396,7 +1398,7 @@ fn store_error(e: RedisError) -> StoreError {
         (StoreErrorKind::Timeout, "Redis did not answer in time")
     } else if is_unavailable(&e) {
         (StoreErrorKind::Unavailable, "Redis is unavailable")
-    } else if matches!(e.kind(), ErrorKind::Server(_)) {
+    } else if e.code().is_some() {
         (
             StoreErrorKind::Data,
             "Redis refused the request for this key (other keys are unaffected)",
