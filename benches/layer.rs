@@ -1,179 +1,210 @@
 //! Run with `cargo bench --bench layer`.
 //!
-//! Side by side in one run, so the figures read as ratios:
-//! - `layer/*`: a request through an HTTP service with no layer, with
-//!   `RateLimitLayer` on one global key, and on 10,000 per-client keys; and
-//!   `RateLimitLayer` against `tower_governor` on one global key, without
-//!   and with rate-limit headers on the response;
-//! - `decide/*`: one in-memory decision, `MemoryStore` against `governor`'s
-//!   keyed and direct (unkeyed) GCRA limiters, on the same key patterns.
+//! One request through a service, `ready().call()` on a `service_fn`, one
+//! global key, side by side in one run so the figures read as ratios:
+//! - `layer/allowed/*`: no layer; `RateLimitLayer` with default settings
+//!   (IETF `RateLimit-Policy` and `RateLimit` on the response); lean
+//!   (`HeaderStyle::None`, no `Decision` in the extensions); with the
+//!   `Decision` in the extensions; `tower_governor` (its default: no
+//!   headers) and `tower_governor` with its headers;
+//! - `layer/rejected/*`: a service answering `429` itself (no layer), and
+//!   the same over-limit request turned away by `RateLimitLayer` (default
+//!   and lean) and by `tower_governor`;
+//! - `layer/10k_client_keys`: `RateLimitLayer` keyed by 10,000 client
+//!   addresses in turn.
+//!
+//! Every future here is ready at once, so it is polled once with a no-op
+//! waker: no runtime is measured, only the service.
 
-use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
 
+use axum::body::Body;
 use criterion::{Criterion, criterion_group, criterion_main};
-use governor::{Quota as GovQuota, RateLimiter as GovLimiter};
-use http::{Request, Response};
-use tower::{Layer, ServiceExt, service_fn};
+use http::{Request, Response, StatusCode};
+use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::GlobalKeyExtractor;
-use tower_ratelimit::key::Key;
-use tower_ratelimit::store::Check;
-use tower_ratelimit::{HeaderStyle, MemoryStore, Policy, PolicySet, Quota, RateLimitLayer};
+use tower_ratelimit::key::Global;
+use tower_ratelimit::{HeaderStyle, MemoryStore, Policy, Quota, RateLimitLayer};
 
-const KEYS: u32 = 10_000;
-/// A quota that never limits within a run, so every request takes the full
-/// path, and whose state stays (it does not refill between two requests of
-/// one key), as a busy client's does.
-fn unlimited(name: &str) -> Policy {
-    Policy::new(name, Quota::per_day(1_000).burst(100_000_000))
+/// Never limits within a run, and the state stays (nothing refills
+/// between two requests), as a busy client's does.
+fn unlimited() -> Policy {
+    Policy::new("burst", Quota::per_day(1_000).burst(100_000_000))
 }
 
-fn ip(n: u32) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n))
+/// One a day: every request after the first is over the limit.
+fn spent() -> Policy {
+    Policy::new("daily", Quota::per_day(1))
 }
 
-fn layer(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
+type Inner = fn(Request<()>) -> Ready<Result<Response<Body>, std::convert::Infallible>>;
+
+fn ok(_: Request<()>) -> Ready<Result<Response<Body>, std::convert::Infallible>> {
+    ready(Ok(Response::new(Body::empty())))
+}
+
+fn too_many(_: Request<()>) -> Ready<Result<Response<Body>, std::convert::Infallible>> {
+    let mut res = Response::new(Body::from("Too many requests"));
+    *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    res.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from(86_400_u32),
+    );
+    ready(Ok(res))
+}
+
+/// The output of a future that is ready when first polled.
+fn now<F: Future>(f: F) -> F::Output {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("the benchmarked future was not ready at once"),
+    }
+}
+
+/// One request through `svc`, made ready first, the way a server calls it.
+fn one<S>(svc: &mut S, req: Request<()>) -> S::Response
+where
+    S: Service<Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    now(svc.ready()).unwrap();
+    now(svc.call(req)).unwrap()
+}
+
+fn ours(policy: Policy, style: HeaderStyle, attach: bool) -> RateLimitLayer<Global, MemoryStore> {
+    RateLimitLayer::builder()
+        .policy(policy)
+        .headers(style)
+        .decision_in_extensions(attach)
         .build()
-        .unwrap();
-    let inner =
-        service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) });
-    let mut g = c.benchmark_group("layer");
+        .unwrap()
+}
 
-    g.bench_function("no_layer", |b| {
-        let svc = inner;
-        b.to_async(&rt).iter(|| async {
-            let res = svc.oneshot(Request::new(())).await.unwrap();
-            black_box(res)
-        });
+fn bench<S, B>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut svc: S,
+    status: StatusCode,
+) where
+    S: Service<Request<()>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    assert_eq!(one(&mut svc, Request::new(())).status(), status, "{name}");
+    g.bench_function(name, |b| {
+        b.iter(|| black_box(one(&mut svc, Request::new(()))));
     });
+}
 
-    let global = RateLimitLayer::builder()
-        .policy(unlimited("burst"))
+fn allowed(c: &mut Criterion) {
+    let inner = service_fn(ok as Inner);
+    let mut g = c.benchmark_group("layer/allowed");
+    bench(&mut g, "no_layer", inner, StatusCode::OK);
+    bench(
+        &mut g,
+        "ours_default",
+        RateLimitLayer::builder()
+            .policy(unlimited())
+            .build()
+            .unwrap()
+            .layer(inner),
+        StatusCode::OK,
+    );
+    bench(
+        &mut g,
+        "ours_lean",
+        ours(unlimited(), HeaderStyle::None, false).layer(inner),
+        StatusCode::OK,
+    );
+    bench(
+        &mut g,
+        "ours_ietf_with_extension",
+        ours(unlimited(), HeaderStyle::Ietf, true).layer(inner),
+        StatusCode::OK,
+    );
+    let config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(u32::MAX)
+        .key_extractor(GlobalKeyExtractor)
+        .finish()
+        .unwrap();
+    let gov = tower_governor::GovernorLayer::new(config).layer(inner);
+    bench(&mut g, "tower_governor", gov, StatusCode::OK);
+    let config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(u32::MAX)
+        .key_extractor(GlobalKeyExtractor)
+        .use_headers()
+        .finish()
+        .unwrap();
+    let gov = tower_governor::GovernorLayer::new(config).layer(inner);
+    bench(&mut g, "tower_governor_headers", gov, StatusCode::OK);
+    g.finish();
+}
+
+fn rejected(c: &mut Criterion) {
+    let inner = service_fn(ok as Inner);
+    let mut g = c.benchmark_group("layer/rejected");
+    bench(
+        &mut g,
+        "no_layer_429",
+        service_fn(too_many as Inner),
+        StatusCode::TOO_MANY_REQUESTS,
+    );
+    let mut default = RateLimitLayer::builder()
+        .policy(spent())
         .build()
         .unwrap()
         .layer(inner);
-    g.bench_function("ratelimit_global_key", |b| {
-        b.to_async(&rt).iter(|| async {
-            let res = global.clone().oneshot(Request::new(())).await.unwrap();
-            black_box(res)
-        });
-    });
+    one(&mut default, Request::new(()));
+    bench(
+        &mut g,
+        "ours_default",
+        default,
+        StatusCode::TOO_MANY_REQUESTS,
+    );
+    let mut lean = ours(spent(), HeaderStyle::None, false).layer(inner);
+    one(&mut lean, Request::new(()));
+    bench(&mut g, "ours_lean", lean, StatusCode::TOO_MANY_REQUESTS);
+    let config = GovernorConfigBuilder::default()
+        .per_second(86_400)
+        .burst_size(1)
+        .key_extractor(GlobalKeyExtractor)
+        .finish()
+        .unwrap();
+    let mut gov = tower_governor::GovernorLayer::new(config).layer(inner);
+    one(&mut gov, Request::new(()));
+    bench(&mut g, "tower_governor", gov, StatusCode::TOO_MANY_REQUESTS);
+    g.finish();
+}
 
-    let next = AtomicU32::new(0);
-    let per_client = RateLimitLayer::builder()
-        .policy(unlimited("burst"))
+fn client_keys(c: &mut Criterion) {
+    let inner = service_fn(ok as Inner);
+    let mut g = c.benchmark_group("layer/10k_client_keys");
+    let mut n = 0_u32;
+    let mut next = move || {
+        n = (n + 1) % 10_000;
+        let mut req = Request::new(());
+        req.extensions_mut()
+            .insert(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n)));
+        req
+    };
+    let mut svc = RateLimitLayer::builder()
+        .policy(unlimited())
         .key(|req: &Request<()>| req.extensions().get::<IpAddr>().copied())
         .build()
         .unwrap()
         .layer(inner);
-    g.bench_function("ratelimit_10k_client_keys", |b| {
-        b.to_async(&rt).iter(|| async {
-            let mut req = Request::new(());
-            req.extensions_mut()
-                .insert(ip(next.fetch_add(1, Ordering::Relaxed) % KEYS));
-            let res = per_client.clone().oneshot(req).await.unwrap();
-            black_box(res)
-        });
-    });
-    // Against tower_governor, both on one global key; ours with no headers
-    // (tower_governor's default), then both with headers on every response.
-    let axum_inner = service_fn(|_req: Request<()>| async {
-        Ok::<_, Infallible>(Response::new(axum::body::Body::empty()))
-    });
-    let ours = |style, attach| {
-        RateLimitLayer::builder()
-            .policy(unlimited("burst"))
-            .headers(style)
-            .decision_in_extensions(attach)
-            .build()
-            .unwrap()
-            .layer(axum_inner)
-    };
-    let bare = ours(HeaderStyle::None, false);
-    g.bench_function("ratelimit_no_headers_no_extension", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(bare.clone().oneshot(Request::new(())).await.unwrap()) });
-    });
-    let plain = ours(HeaderStyle::None, true);
-    g.bench_function("ratelimit_no_headers", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(plain.clone().oneshot(Request::new(())).await.unwrap()) });
-    });
-    let gov = tower_governor::GovernorLayer::new(
-        GovernorConfigBuilder::default()
-            .per_nanosecond(1)
-            .burst_size(u32::MAX)
-            .key_extractor(GlobalKeyExtractor)
-            .finish()
-            .unwrap(),
-    )
-    .layer(axum_inner);
-    g.bench_function("tower_governor_no_headers", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(gov.clone().oneshot(Request::new(())).await.unwrap()) });
-    });
-    let legacy = ours(HeaderStyle::Legacy, true);
-    g.bench_function("ratelimit_legacy_headers", |b| {
-        b.to_async(&rt)
-            .iter(|| async { black_box(legacy.clone().oneshot(Request::new(())).await.unwrap()) });
-    });
-    let gov_headers = tower_governor::GovernorLayer::new(
-        GovernorConfigBuilder::default()
-            .per_nanosecond(1)
-            .burst_size(u32::MAX)
-            .key_extractor(GlobalKeyExtractor)
-            .use_headers()
-            .finish()
-            .unwrap(),
-    )
-    .layer(axum_inner);
-    g.bench_function("tower_governor_headers", |b| {
-        b.to_async(&rt).iter(|| async {
-            black_box(gov_headers.clone().oneshot(Request::new(())).await.unwrap())
-        });
+    g.bench_function("ours_default", |b| {
+        b.iter(|| black_box(one(&mut svc, next())));
     });
     g.finish();
 }
 
-fn decide(c: &mut Criterion) {
-    let mut g = c.benchmark_group("decide");
-    let set = PolicySet::new(vec![unlimited("burst")]).unwrap();
-    let huge = NonZeroU32::new(u32::MAX).unwrap();
-
-    let store = MemoryStore::new();
-    let global = Key::global();
-    g.bench_function("memory_store_one_key", |b| {
-        b.iter(|| black_box(store.decide_now(Check::new(&global, &set, 1))));
-    });
-    let direct = GovLimiter::direct(GovQuota::per_second(huge));
-    g.bench_function("governor_direct", |b| {
-        b.iter(|| black_box(direct.check()));
-    });
-
-    let keys: Vec<Key> = (0..KEYS).map(|n| Key::from(ip(n))).collect();
-    let mut i = 0;
-    g.bench_function("memory_store_10k_keys", |b| {
-        b.iter(|| {
-            i = (i + 1) % keys.len();
-            black_box(store.decide_now(Check::new(&keys[i], &set, 1)))
-        });
-    });
-    let keyed = GovLimiter::keyed(GovQuota::per_second(huge));
-    let mut n = 0;
-    g.bench_function("governor_keyed_10k_keys", |b| {
-        b.iter(|| {
-            n = (n + 1) % KEYS;
-            black_box(keyed.check_key(&ip(n)))
-        });
-    });
-    g.finish();
-}
-
-criterion_group!(benches, layer, decide);
+criterion_group!(benches, allowed, rejected, client_keys);
 criterion_main!(benches);

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 ///
 /// A clock must not step backwards: the algorithms keep requests in order,
 /// so a state last touched "in the future" reads as a reservation ahead, and
-/// requests wait for it. Fixed and sliding windows align to multiples of the
+/// requests wait for it. (The in-memory store does not go back with a
+/// clock that does: its time stands still until the clock catches up. See
+/// [`MemoryStore`](crate::MemoryStore).) Fixed and sliding windows align to multiples of the
 /// period on this clock, so an epoch-based clock gives windows that start on
 /// the minute or the hour.
 pub trait Clock: Send + Sync + 'static {
@@ -32,6 +34,7 @@ pub trait Clock: Send + Sync + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    #[inline]
     fn now_micros(&self) -> u64 {
         static ANCHOR: OnceLock<(u64, Instant)> = OnceLock::new();
         let (wall, start) = ANCHOR.get_or_init(|| {
@@ -40,7 +43,9 @@ impl Clock for SystemClock {
                 .map_or(0, duration_micros);
             (wall, Instant::now())
         });
-        wall + duration_micros(start.elapsed())
+        let since = Instant::now().duration_since(*start);
+        // In u64, not as_micros' u128: µs overflow u64 after 584,000 years.
+        wall + since.as_secs() * 1_000_000 + u64::from(since.subsec_micros())
     }
 }
 
@@ -80,7 +85,10 @@ impl FakeClock {
         self.micros.fetch_add(duration_micros(by), Ordering::SeqCst);
     }
 
-    /// Sets the time to `micros`, forwards or backwards.
+    /// Sets the time to `micros`, forwards or backwards. (A
+    /// [`MemoryStore`](crate::MemoryStore) does not decide at a time
+    /// earlier than one it has decided at: set back, its time stands still
+    /// until this clock passes it again.)
     pub fn set_micros(&self, micros: u64) {
         self.micros.store(micros, Ordering::SeqCst);
     }

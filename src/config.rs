@@ -1,11 +1,12 @@
 //! The configuration a layer hands to the services it makes: what to do
-//! over the limit and when the store fails, and the state every clone
-//! shares.
+//! over the limit and when the store fails, which policies apply, and the
+//! state every clone shares.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::limiter::Engine;
+use crate::quota::PolicySet;
 use crate::response::ResponseConfig;
 
 /// What happens to a request over the limit.
@@ -45,9 +46,12 @@ pub enum FailurePolicy {
 
 /// The state every clone of a [`RateLimit`](crate::RateLimit) service
 /// shares.
-pub(crate) struct Shared<K, St, C> {
+pub(crate) struct Shared<K, St, C, P, F> {
     pub(crate) key: K,
     pub(crate) cost: C,
+    pub(crate) select: P,
+    pub(crate) skip: F,
+    pub(crate) sets: Sets,
     pub(crate) engine: Arc<Engine<St>>,
     pub(crate) on_limit: OnLimit,
     pub(crate) reject_missing_key: bool,
@@ -55,8 +59,74 @@ pub(crate) struct Shared<K, St, C> {
     pub(crate) config: Arc<ResponseConfig>,
 }
 
-impl<K, St, C> Shared<K, St, C> {
+/// A layer's policy sets: its own policies, if it has any, at index 0, then
+/// the named sets. Indexes are what responses use to find a set's
+/// `RateLimit-Policy` value.
+#[derive(Debug)]
+pub(crate) struct Sets {
+    sets: Box<[PolicySet]>,
+    /// The name of each set; `None` for the layer's own.
+    names: Box<[Option<Box<str>>]>,
+}
+
+/// A selector named a set the layer does not have.
+pub(crate) struct UnknownSet;
+
+impl Sets {
+    pub(crate) fn new(own: Option<PolicySet>, named: Vec<(String, PolicySet)>) -> Self {
+        let mut sets = Vec::with_capacity(named.len() + 1);
+        let mut names = Vec::with_capacity(named.len() + 1);
+        if let Some(own) = own {
+            sets.push(own);
+            names.push(None);
+        }
+        for (name, set) in named {
+            sets.push(set);
+            names.push(Some(name.into_boxed_str()));
+        }
+        Self {
+            sets: sets.into(),
+            names: names.into(),
+        }
+    }
+
+    /// The index of the layer's own set.
+    #[inline]
+    pub(crate) fn own(&self) -> Option<usize> {
+        self.names.first().is_some_and(Option::is_none).then_some(0)
+    }
+
+    /// The index of the set a selector named: `None` names the layer's own.
+    #[inline]
+    pub(crate) fn choose(&self, name: Option<&str>) -> Result<Option<usize>, UnknownSet> {
+        let Some(name) = name else {
+            return Ok(self.own());
+        };
+        match self.names.iter().position(|n| n.as_deref() == Some(name)) {
+            Some(i) => Ok(Some(i)),
+            None => Err(UnknownSet),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, index: usize) -> &PolicySet {
+        &self.sets[index]
+    }
+
+    /// The set named `name`.
+    pub(crate) fn named(&self, name: &str) -> Option<&PolicySet> {
+        let i = self.names.iter().position(|n| n.as_deref() == Some(name))?;
+        Some(&self.sets[i])
+    }
+
+    pub(crate) fn all(&self) -> &[PolicySet] {
+        &self.sets
+    }
+}
+
+impl<K, St, C, P, F> Shared<K, St, C, P, F> {
     /// The longest wait for a slot: `None` in reject mode.
+    #[inline]
     pub(crate) fn max_wait(&self) -> Option<Duration> {
         match self.on_limit {
             OnLimit::Reject => None,

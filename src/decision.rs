@@ -1,12 +1,15 @@
 //! What a store answers.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// A store's answer for one request: admitted or not, and for every policy
 /// how much is left and when it refills.
 ///
-/// The layer puts it in the request's extensions, so a handler can read it:
+/// A layer built with
+/// [`decision_in_extensions(true)`](crate::RateLimitLayerBuilder::decision_in_extensions)
+/// puts it in the request's extensions, so a handler can read it:
 ///
 /// ```
 /// # #[cfg(feature = "axum")] {
@@ -50,6 +53,7 @@ pub(crate) enum Policies {
 impl Decision {
     /// `gap` is the wait (admitted) or the retry time (rejected) in µs, or
     /// [`NEVER`].
+    #[inline]
     pub(crate) fn new(allowed: bool, at_micros: u64, gap: u64, policies: Policies) -> Self {
         Self {
             allowed,
@@ -68,6 +72,7 @@ impl Decision {
     }
 
     /// The same decision, rejected: a renewal found its lease gone.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn into_lost(mut self) -> Self {
         self.allowed = false;
         self.gap = NEVER;
@@ -76,6 +81,7 @@ impl Decision {
 
     /// Whether the request was admitted (possibly after [`wait`](Self::wait)).
     #[must_use]
+    #[inline]
     pub fn is_allowed(&self) -> bool {
         self.allowed
     }
@@ -145,29 +151,54 @@ impl Decision {
 }
 
 /// One policy's part of a [`Decision`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct PolicyDecision {
-    pub(crate) name: Arc<str>,
+    /// What does not change from one decision to the next, interned:
+    /// copying a decision touches no reference count.
+    pub(crate) policy: &'static PolicyInfo,
     pub(crate) allowed: bool,
-    pub(crate) concurrency: bool,
-    pub(crate) limit: u64,
-    /// µs, like the two below; `retry_after` may be [`NEVER`].
-    pub(crate) period: u64,
-    pub(crate) remaining: u64,
+    /// µs, like the one below; may be [`NEVER`] or [`BUSY`].
     pub(crate) retry_after: u64,
     pub(crate) reset_after: u64,
+    pub(crate) remaining: u64,
+}
+
+/// A policy as its decisions describe it.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PolicyInfo {
+    pub(crate) name: &'static str,
+    pub(crate) concurrency: bool,
+    pub(crate) limit: u64,
+    /// µs.
+    pub(crate) period: u64,
+}
+
+impl fmt::Debug for PolicyDecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyDecision")
+            .field("name", &self.policy.name)
+            .field("allowed", &self.allowed)
+            .field("concurrency", &self.policy.concurrency)
+            .field("limit", &self.policy.limit)
+            .field("period", &self.policy.period)
+            .field("remaining", &self.remaining)
+            .field("retry_after", &self.retry_after)
+            .field("reset_after", &self.reset_after)
+            .finish()
+    }
 }
 
 impl PolicyDecision {
     /// The policy's name.
     #[must_use]
     pub fn name(&self) -> &str {
-        &self.name
+        self.policy.name
     }
 
     /// `true` when the request was admitted; for a rejected request, whether
     /// this policy alone would have admitted it at once.
     #[must_use]
+    #[inline]
     pub fn is_allowed(&self) -> bool {
         self.allowed
     }
@@ -176,20 +207,20 @@ impl PolicyDecision {
     /// flight at once.
     #[must_use]
     pub fn limit(&self) -> u64 {
-        self.limit
+        self.policy.limit
     }
 
     /// Whether this is a [`Concurrency`](crate::Algorithm::Concurrency)
     /// policy, counting what is in flight rather than a rate.
     #[must_use]
     pub fn is_concurrency(&self) -> bool {
-        self.concurrency
+        self.policy.concurrency
     }
 
     /// The quota's period; for a concurrency policy, its lease.
     #[must_use]
     pub fn period(&self) -> Duration {
-        Duration::from_micros(self.period)
+        Duration::from_micros(self.policy.period)
     }
 
     /// Units that could be spent right now after this decision.

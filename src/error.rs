@@ -23,6 +23,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    set: Option<String>,
     policy: Option<String>,
     field: &'static str,
     message: String,
@@ -31,6 +32,7 @@ pub struct ConfigError {
 impl ConfigError {
     pub(crate) fn new(field: &'static str, message: impl Into<String>) -> Self {
         Self {
+            set: None,
             policy: None,
             field,
             message: message.into(),
@@ -40,6 +42,16 @@ impl ConfigError {
     pub(crate) fn in_policy(mut self, name: &str) -> Self {
         self.policy = Some(name.to_owned());
         self
+    }
+
+    pub(crate) fn in_set(mut self, name: &str) -> Self {
+        self.set = Some(name.to_owned());
+        self
+    }
+
+    /// What is wrong with the field, without its name.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
     }
 
     /// The field that is wrong: `limit`, `period`, `burst`, `name`,
@@ -54,10 +66,32 @@ impl ConfigError {
     pub fn policy(&self) -> Option<&str> {
         self.policy.as_deref()
     }
+
+    /// The named policy set the field belongs to, if it belongs to one (see
+    /// [`policy_set`](crate::RateLimitLayerBuilder::policy_set)).
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, Quota, RateLimitLayer};
+    ///
+    /// let err = RateLimitLayer::builder()
+    ///     .policy_set("pro", [Policy::new("pro", Quota::per_minute(0))])
+    ///     .policies_by(|_: &http::Request<()>| Some("pro"))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!((err.policy_set(), err.policy(), err.field()), (Some("pro"), Some("pro"), "limit"));
+    /// assert_eq!(err.to_string(), "policy set \"pro\": policy \"pro\": limit must be at least 1");
+    /// ```
+    #[must_use]
+    pub fn policy_set(&self) -> Option<&str> {
+        self.set.as_deref()
+    }
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(set) = &self.set {
+            write!(f, "policy set {set:?}: ")?;
+        }
         match &self.policy {
             Some(name) => write!(f, "policy {name:?}: {} {}", self.field, self.message),
             None => write!(f, "{} {}", self.field, self.message),
@@ -120,7 +154,9 @@ impl RateLimited {
 impl fmt::Display for RateLimited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.decision {
-            _ if self.missing_key => f.write_str("rate limited; the request has no rate limit key"),
+            _ if self.missing_key => f.write_str(
+                "rate limited; the request has no rate limit key, and requests without one are rejected",
+            ),
             Some(d) if d.is_busy() => {
                 f.write_str("rate limited; too many requests in flight, retry once one completes")
             }

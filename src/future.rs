@@ -16,7 +16,7 @@ use crate::config::FailurePolicy;
 use crate::decision::Decision;
 use crate::error::StoreError;
 use crate::limiter::{Held, PendingHold};
-use crate::response::{Respond, ResponseConfig};
+use crate::response::{Respond, ResponseConfig, Stamp};
 
 pin_project! {
     /// Response future of [`RateLimit`](crate::RateLimit).
@@ -32,17 +32,33 @@ pin_project! {
         // is over, so a waiting request holds no slot of a
         // `ConcurrencyLimit` or `Buffer` inside. Boxed: the usual path (an
         // in-memory decision, no wait) never holds them.
-        call: Option<Box<(S, Req)>>,
-        decision: Option<Decision>,
-        // The concurrency units of an admitted request, and the lease they
-        // will be held under while the store decides.
+        call: Option<Box<Call<S, Req>>>,
+        // The rate-limit fields the response gets.
+        stamp: Stamp,
+        // The concurrency units of an admitted request, and whether the
+        // response body keeps them until it ends.
         held: Option<Held>,
-        pending: Option<PendingHold>,
-        info: M::Info,
-        config: Arc<ResponseConfig>,
-        failure: FailurePolicy,
+        hold_body: bool,
         _mode: PhantomData<fn() -> M>,
     }
+}
+
+/// What a request kept aside while it waits needs to be called.
+pub(crate) struct Call<S, Req> {
+    pub(crate) service: S,
+    pub(crate) req: Req,
+    /// While the store decides: what acting on its answer needs.
+    pub(crate) checking: Option<Checking>,
+}
+
+/// What acting on a store's answer needs, for a store that answers later.
+pub(crate) struct Checking {
+    /// The lease the check holds concurrency units under.
+    pub(crate) pending: Option<PendingHold>,
+    /// The policy set the request is checked against.
+    pub(crate) set: usize,
+    pub(crate) config: Arc<ResponseConfig>,
+    pub(crate) failure: FailurePolicy,
 }
 
 pin_project! {
@@ -59,21 +75,24 @@ pin_project! {
 
 /// What follows a store's answer.
 pub(crate) enum Step<O> {
-    /// Call the inner service now (with the decision, unless the store
-    /// failed open).
-    Call(Option<Decision>),
+    /// Call the inner service now; `admitted` when the decision admitted
+    /// the request (not when shadow mode let it through, nor when the
+    /// store failed open), so it holds the units it was charged.
+    Call { stamp: Stamp, admitted: bool },
     /// Call it when the reserved slot comes.
-    Wait(Decision, Duration),
+    Wait { stamp: Stamp, wait: Duration },
     /// Answer without calling it.
     Answer(O),
 }
 
 /// Acts on a store's answer: attaches an admitting decision to the request,
-/// applies the failure policy to an error.
+/// applies the failure policy to an error. In shadow mode every decision
+/// lets the request through at once.
+#[inline]
 pub(crate) fn step<Req, Res, E, M>(
     result: Result<Decision, StoreError>,
     req: &mut Req,
-    info: M::Info,
+    set: usize,
     config: &ResponseConfig,
     failure: FailurePolicy,
 ) -> Step<Result<M::Response, M::Error>>
@@ -81,27 +100,56 @@ where
     M: Respond<Req, Res, E>,
 {
     match result {
-        Ok(decision) if decision.is_allowed() => {
-            if config.attach_decision {
-                M::attach(req, &decision);
+        Ok(decision) if decision.is_allowed() || config.shadow => {
+            #[cfg(feature = "tracing")]
+            if !decision.is_allowed() {
+                log_shadow_rejection(&decision);
             }
-            match decision.wait() {
-                wait if wait.is_zero() => Step::Call(Some(decision)),
-                wait => Step::Wait(decision, wait),
+            let stamp = config.stamp(set, &decision);
+            let admitted = decision.is_allowed();
+            let wait = decision.wait();
+            if config.attach_decision {
+                M::attach(req, decision);
+            }
+            if wait.is_zero() || config.shadow {
+                Step::Call { stamp, admitted }
+            } else {
+                Step::Wait { stamp, wait }
             }
         }
-        Ok(decision) => Step::Answer(M::rejected(config, info, Some(&decision))),
+        Ok(decision) => Step::Answer(M::rejected(config, set, req, Some(&decision))),
         Err(err) => match failure {
-            FailurePolicy::FailClosed => Step::Answer(M::store_error(info, err)),
-            FailurePolicy::FailOpen => {
+            FailurePolicy::FailClosed if !config.shadow => Step::Answer(M::store_error(req, err)),
+            _ => {
                 #[cfg(feature = "tracing")]
                 tracing::warn!(error = %err, "rate limit store failed; letting the request through");
                 #[cfg(not(feature = "tracing"))]
                 let _ = err;
-                Step::Call(None)
+                Step::Call {
+                    stamp: Stamp::NONE,
+                    admitted: false,
+                }
             }
         },
     }
+}
+
+/// Logs a request shadow mode let through: which policies would have
+/// refused it, never its key.
+#[cfg(feature = "tracing")]
+fn log_shadow_rejection(decision: &Decision) {
+    let mut policies = String::new();
+    for p in decision.policies().iter().filter(|p| !p.is_allowed()) {
+        if !policies.is_empty() {
+            policies.push_str(", ");
+        }
+        policies.push_str(p.name());
+    }
+    tracing::info!(
+        policies = %policies,
+        retry_after_ms = decision.retry_after().map(|d| d.as_millis() as u64),
+        "rate limit shadow mode: this request would have been rejected"
+    );
 }
 
 impl<S, Req, C, M> ResponseFuture<S, Req, C, M>
@@ -109,85 +157,61 @@ where
     S: Service<Req>,
     M: Respond<Req, S::Response, S::Error>,
 {
-    fn with(
-        state: State<S::Future, C, Result<M::Response, M::Error>>,
-        info: M::Info,
-        config: Arc<ResponseConfig>,
-    ) -> Self {
+    fn with(state: State<S::Future, C, Result<M::Response, M::Error>>) -> Self {
         Self {
             state,
             call: None,
-            decision: None,
+            stamp: Stamp::NONE,
             held: None,
-            pending: None,
-            info,
-            config,
-            failure: FailurePolicy::FailOpen,
+            hold_body: false,
             _mode: PhantomData,
         }
     }
 
-    /// Waits for the store, then for a slot if one was reserved. `pending`
-    /// is the lease the check holds concurrency units under.
-    pub(crate) fn checking(
-        check: C,
-        call: Box<(S, Req)>,
-        pending: Option<PendingHold>,
-        info: M::Info,
-        config: Arc<ResponseConfig>,
-        failure: FailurePolicy,
-    ) -> Self {
-        let mut this = Self::with(State::Checking { check }, info, config);
+    /// Waits for the store, then for a slot if one was reserved.
+    pub(crate) fn checking(check: C, call: Box<Call<S, Req>>) -> Self {
+        let mut this = Self::with(State::Checking { check });
         this.call = Some(call);
-        this.pending = pending;
-        this.failure = failure;
         this
     }
 
     /// Waits for a reserved slot, then readies the service and calls it.
     pub(crate) fn waiting(
-        decision: Decision,
+        stamp: Stamp,
         wait: Duration,
-        call: Box<(S, Req)>,
+        call: Box<Call<S, Req>>,
         held: Option<Held>,
-        info: M::Info,
-        config: Arc<ResponseConfig>,
+        hold_body: bool,
     ) -> Self {
         let until = Instant::now() + wait;
-        let mut this = Self::with(State::Waiting { until, sleep: None }, info, config);
+        let mut this = Self::with(State::Waiting { until, sleep: None });
         this.call = Some(call);
-        this.decision = Some(decision);
+        this.stamp = stamp;
         this.held = held;
+        this.hold_body = hold_body;
         this
     }
 
     /// The inner service's future, already called.
+    #[inline]
     pub(crate) fn calling(
         future: S::Future,
-        decision: Option<Decision>,
+        stamp: Stamp,
         held: Option<Held>,
-        info: M::Info,
-        config: Arc<ResponseConfig>,
+        hold_body: bool,
     ) -> Self {
-        let mut this = Self::with(State::Calling { future }, info, config);
-        this.decision = decision;
+        let mut this = Self::with(State::Calling { future });
+        this.stamp = stamp;
         this.held = held;
+        this.hold_body = hold_body;
         this
     }
 
     /// An answer ready at once.
-    pub(crate) fn done(
-        output: Result<M::Response, M::Error>,
-        info: M::Info,
-        config: Arc<ResponseConfig>,
-    ) -> Self {
-        Self::with(
-            State::Done {
-                output: Some(output),
-            },
-            info,
-            config,
-        )
+    pub(crate) fn done(output: Result<M::Response, M::Error>) -> Self {
+        Self::with(State::Done {
+            output: Some(output),
+        })
     }
 }
 
@@ -208,25 +232,28 @@ where
                     let Some(call) = this.call.as_mut() else {
                         unreachable!("`checking` holds the call")
                     };
+                    let Some(checking) = call.checking.take() else {
+                        unreachable!("`checking` holds what acting on the answer needs")
+                    };
                     let step = step::<Req, S::Response, S::Error, M>(
                         result,
-                        &mut call.1,
-                        *this.info,
-                        this.config,
-                        *this.failure,
+                        &mut call.req,
+                        checking.set,
+                        &checking.config,
+                        checking.failure,
                     );
-                    let pending = this.pending.take();
+                    *this.hold_body = checking.config.hold_until_body_end;
                     match step {
-                        Step::Call(decision) => {
-                            if decision.is_some() {
-                                *this.held = pending.map(|p| p.arm(false));
+                        Step::Call { stamp, admitted } => {
+                            if admitted {
+                                *this.held = checking.pending.map(|p| p.arm(false));
                             }
-                            *this.decision = decision;
+                            *this.stamp = stamp;
                             this.state.set(State::Readying);
                         }
-                        Step::Wait(decision, wait) => {
-                            *this.held = pending.map(|p| p.arm(false));
-                            *this.decision = Some(decision);
+                        Step::Wait { stamp, wait } => {
+                            *this.held = checking.pending.map(|p| p.arm(false));
+                            *this.stamp = stamp;
                             // The slot is reserved: sleeping is all that is left.
                             let until = Instant::now() + wait;
                             this.state.set(State::Waiting { until, sleep: None });
@@ -249,7 +276,7 @@ where
                     let Some(call) = this.call.as_mut() else {
                         unreachable!("a request is held until it is called")
                     };
-                    if let Err(err) = ready!(call.0.poll_ready(cx)) {
+                    if let Err(err) = ready!(call.service.poll_ready(cx)) {
                         *this.call = None;
                         this.state.set(State::Done { output: None });
                         return Poll::Ready(Err(M::inner_error(err)));
@@ -257,18 +284,18 @@ where
                     let Some(call) = this.call.take() else {
                         unreachable!("a request is held until it is called")
                     };
-                    let (mut service, req) = *call;
+                    let Call {
+                        mut service, req, ..
+                    } = *call;
                     let future = service.call(req);
                     this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {
                     let output = match ready!(future.poll(cx)) {
-                        Ok(res) => Ok(M::allowed(
-                            this.config,
-                            res,
-                            this.decision.as_ref(),
-                            this.held.take(),
-                        )),
+                        Ok(res) => {
+                            let held = this.held.take().filter(|_| *this.hold_body);
+                            Ok(M::allowed(res, std::mem::take(this.stamp), held))
+                        }
                         Err(err) => Err(M::inner_error(err)),
                     };
                     // The response is complete: units still held go back.

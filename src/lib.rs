@@ -10,11 +10,14 @@ mod config;
 mod decision;
 mod error;
 pub mod future;
+pub mod guide;
+mod intern;
 pub mod key;
 mod layer;
 pub mod limiter;
 mod quota;
 pub mod response;
+pub mod select;
 mod service;
 pub mod store;
 

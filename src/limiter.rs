@@ -21,6 +21,8 @@
 //! # async fn main() -> Result<(), tower_ratelimit::BoxError> {
 //! let limiter = RateLimiter::builder()
 //!     .policy(Policy::new("api", Quota::per_second(2)))
+//! #   // Tokio's paused clock, so the retry time below is exact.
+//! #   .store(tower_ratelimit::MemoryStore::builder().clock(tower_ratelimit::clock::TokioClock::new()).build()?)
 //!     .build()?;
 //!
 //! assert!(limiter.try_acquire("user-1", 1).await?.is_allowed());
@@ -77,14 +79,41 @@ impl<St: Store> Engine<St> {
         }
     }
 
+    /// Decides for `key` against the engine's policies, taking concurrency
+    /// units under a new lease: an admitted decision comes with what holds
+    /// them.
+    async fn admit(
+        self: &Arc<Self>,
+        key: &Key,
+        cost: u64,
+        max_wait: Option<Duration>,
+    ) -> Result<(Decision, Option<Held>), StoreError> {
+        let set = &self.policies;
+        let pending = self.lease(key, set, cost);
+        let check = Check::new(key, set, cost)
+            .lease(pending.as_ref().map_or(0, PendingHold::id))
+            .max_wait(max_wait);
+        let (decision, local) = self.decide(check).await;
+        let decision = decision?;
+        let held = match decision.is_allowed() {
+            true => pending.map(|p| p.arm(local)),
+            false => None,
+        };
+        Ok((decision, held))
+    }
+
     /// The lease an admitted request will hold its concurrency units
     /// under; `None` when `set` has no concurrency policy.
+    #[inline]
     pub(crate) fn lease(
         self: &Arc<Self>,
         key: &Key,
         set: &PolicySet,
         cost: u64,
     ) -> Option<PendingHold> {
+        if !set.has_concurrency() {
+            return None;
+        }
         let every = renew_every(set)?;
         Some(PendingHold(Box::new((
             Arc::clone(self) as Arc<dyn Keeper>,
@@ -175,9 +204,7 @@ fn renew_every(set: &PolicySet) -> Option<Duration> {
 
 /// Whether `set` holds units that must be given back.
 pub(crate) fn has_concurrency(set: &PolicySet) -> bool {
-    set.params()
-        .iter()
-        .any(|p| p.algorithm == Algorithm::Concurrency)
+    set.has_concurrency()
 }
 
 /// A lease id no other holder of a key draws: a counter through a
@@ -459,16 +486,10 @@ impl<St: Store> RateLimiter<St> {
         key: impl Into<Key>,
         cost: u64,
     ) -> Result<Permit, AcquireError> {
-        let key = key.into();
-        let set = &self.engine.policies;
-        let pending = self.engine.lease(&key, set, cost);
-        let check = Check::new(&key, set, cost).lease(pending.as_ref().map_or(0, PendingHold::id));
-        let (decision, local) = self.engine.decide(check).await;
-        let decision = decision?;
+        let (decision, hold) = self.engine.admit(&key.into(), cost, None).await?;
         if !decision.is_allowed() {
             return Err(AcquireError::Limited(RateLimited::new(Some(decision))));
         }
-        let hold = pending.map(|p| p.arm(local));
         Ok(Permit { decision, hold })
     }
 
@@ -510,22 +531,15 @@ impl<St: Store> RateLimiter<St> {
         cost: u64,
     ) -> Result<Permit, AcquireError> {
         let key = key.into();
-        let set = &self.engine.policies;
         let deadline = tokio::time::Instant::now() + self.max_wait.min(FAR);
         let mut backoff = Duration::from_millis(5);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let pending = self.engine.lease(&key, set, cost);
-            let check = Check::new(&key, set, cost)
-                .lease(pending.as_ref().map_or(0, PendingHold::id))
-                .max_wait(Some(left));
             // Subscribe before asking, so a release in between still wakes.
             let mut released = std::pin::pin!(self.engine.released.notified());
             released.as_mut().enable();
-            let (decision, local) = self.engine.decide(check).await;
-            let decision = decision?;
+            let (decision, hold) = self.engine.admit(&key, cost, Some(left)).await?;
             if decision.is_allowed() {
-                let hold = pending.map(|p| p.arm(local));
                 let permit = Permit { decision, hold };
                 let wait = permit.decision.wait();
                 if !wait.is_zero() {

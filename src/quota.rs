@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::duration_micros;
+use crate::decision::PolicyInfo;
 use crate::error::ConfigError;
 
 /// The lease of [`Policy::concurrency`].
@@ -357,6 +358,16 @@ impl Algorithm {
         }
     }
 
+    /// Whether the algorithm keeps a level that drains continuously: GCRA,
+    /// the greedy token bucket and the leaky bucket.
+    #[cfg(feature = "memory")]
+    pub(crate) const fn is_level(&self) -> bool {
+        matches!(
+            self,
+            Algorithm::Gcra | Algorithm::GreedyTokenBucket | Algorithm::LeakyBucket
+        )
+    }
+
     const fn has_burst(&self) -> bool {
         matches!(
             self,
@@ -444,15 +455,22 @@ impl Policy {
     pub fn get_algorithm(&self) -> Algorithm {
         self.algorithm
     }
-
-    pub(crate) fn shared_name(&self) -> &Arc<str> {
-        &self.name
-    }
 }
 
 /// A policy's numbers, checked and reduced to integers the algorithms use.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(
+    not(any(feature = "memory", feature = "redis")),
+    allow(dead_code, reason = "the stores read what names a policy")
+)]
 pub(crate) struct Params {
+    /// The policy's name, [interned](crate::intern): decisions carry it as
+    /// a plain reference, and equal names are the same reference.
+    pub(crate) name: &'static str,
+    /// What its decisions say of it, interned.
+    pub(crate) info: &'static PolicyInfo,
+    /// Names the policy by name and fingerprint, process-wide.
+    pub(crate) id: u32,
     pub(crate) algorithm: Algorithm,
     /// Units per period.
     pub(crate) limit: u64,
@@ -465,6 +483,9 @@ pub(crate) struct Params {
     /// exactly, reduced by their common divisor so the numbers stay small.
     pub(crate) unit: u64,
     pub(crate) drain: u64,
+    /// Division by `unit` and by `drain`, which every decision does.
+    pub(crate) unit_div: Divisor,
+    pub(crate) drain_div: Divisor,
     /// Names what the state means: algorithm, limit, period and burst.
     /// Stable across processes, so every instance agrees on it.
     pub(crate) fingerprint: u64,
@@ -555,18 +576,30 @@ impl Params {
             ));
         }
         let fingerprint = fnv1a(&[STATE_FORMAT, algorithm as u64, q.limit, period, burst]);
+        let name = crate::intern::str(&policy.name);
         Ok(Self {
+            name,
+            id: crate::intern::policy_id(name, fingerprint),
+            info: crate::intern::policy(PolicyInfo {
+                name,
+                concurrency: algorithm == Algorithm::Concurrency,
+                limit: q.limit,
+                period,
+            }),
             algorithm,
             limit: q.limit,
             period,
             burst,
             unit,
             drain,
+            unit_div: Divisor::new(unit),
+            drain_div: Divisor::new(drain),
             fingerprint,
         })
     }
 
     /// Bucket capacity in ticks.
+    #[inline]
     pub(crate) fn capacity(&self) -> u64 {
         self.burst * self.unit
     }
@@ -576,6 +609,55 @@ impl Params {
 /// every policy's fingerprint, and so of its Redis keys: state written in
 /// another form is never read, it expires.
 const STATE_FORMAT: u64 = 2;
+
+/// Dividends [`Divisor`] divides with a multiplication.
+pub(crate) const TAT_LIMIT: u64 = 1 << 62;
+
+/// Division by a number fixed when a policy is checked: a multiplication
+/// and a shift instead of a hardware division, exact for every dividend
+/// below [`TAT_LIMIT`] (the bucket algorithms' numbers stay below 2^54).
+///
+/// With `2^l ≥ d` and `m = ⌈2^(62+l) / d⌉`, `⌊n·m / 2^(62+l)⌋ = ⌊n / d⌋`
+/// for every `n < 2^62`: `m·d = 2^(62+l) + e` with `0 ≤ e < d`, so the
+/// product overshoots `n/d` by `n·e / (d·2^(62+l)) < 1/d`, too little to
+/// reach the next integer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Divisor {
+    d: u64,
+    m: u64,
+    shift: u32,
+}
+
+impl Divisor {
+    pub(crate) fn new(d: u64) -> Self {
+        assert!(d > 0, "a divisor is positive");
+        let l = u64::BITS - (d - 1).leading_zeros();
+        let shift = 62 + l;
+        // At most 2^63, since d > 2^(l-1).
+        let m = (1_u128 << shift).div_ceil(u128::from(d));
+        Self {
+            d,
+            m: u64::try_from(m).expect("the multiplier fits 64 bits"),
+            shift,
+        }
+    }
+
+    /// `⌊n / d⌋`.
+    #[inline]
+    pub(crate) fn div(self, n: u64) -> u64 {
+        if n >= TAT_LIMIT {
+            return n / self.d;
+        }
+        ((u128::from(n) * u128::from(self.m)) >> self.shift) as u64
+    }
+
+    /// `⌈n / d⌉`.
+    #[inline]
+    pub(crate) fn div_ceil(self, n: u64) -> u64 {
+        let q = self.div(n);
+        q + u64::from(q * self.d < n)
+    }
+}
 
 /// FNV-1a over the numbers' little-endian bytes.
 fn fnv1a(numbers: &[u64]) -> u64 {
@@ -619,6 +701,9 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 pub struct PolicySet {
     policies: Arc<[Policy]>,
     params: Arc<[Params]>,
+    /// Whether a policy counts units in flight, which an admitted request
+    /// holds until it completes.
+    concurrency: bool,
 }
 
 impl PolicySet {
@@ -628,6 +713,11 @@ impl PolicySet {
 
     /// Checks every policy and the list as a whole: at least one, at most
     /// [`MAX_POLICIES`](Self::MAX_POLICIES), names distinct.
+    ///
+    /// Each distinct policy name is then kept for the life of the process,
+    /// so that every [`Decision`](crate::Decision) refers to it instead of
+    /// copying or sharing it: a program that makes policies with ever new
+    /// names keeps each of them (at most 64 bytes apiece).
     pub fn new(policies: Vec<Policy>) -> Result<Self, ConfigError> {
         if policies.is_empty() {
             return Err(ConfigError::new(
@@ -659,9 +749,11 @@ impl PolicySet {
             }
             params.push(Params::new(p)?);
         }
+        let concurrency = params.iter().any(|p| p.algorithm == Algorithm::Concurrency);
         Ok(Self {
             policies: policies.into(),
             params: params.into(),
+            concurrency,
         })
     }
 
@@ -690,18 +782,23 @@ impl PolicySet {
     /// Whether `other` has the same policies (names, algorithms and
     /// quotas) in the same order: the same state in every store.
     pub(crate) fn same_as(&self, other: &PolicySet) -> bool {
+        // A policy's id names its name and fingerprint.
         Arc::ptr_eq(&self.params, &other.params)
             || (self.len() == other.len()
                 && self
-                    .policies
+                    .params
                     .iter()
-                    .zip(self.params.iter())
-                    .zip(other.policies.iter().zip(other.params.iter()))
-                    .all(|((p, a), (q, b))| a.fingerprint == b.fingerprint && p.name == q.name))
+                    .zip(other.params.iter())
+                    .all(|(a, b)| a.id == b.id))
+    }
+
+    /// Whether a policy is a [`Concurrency`](Algorithm::Concurrency) one.
+    pub(crate) fn has_concurrency(&self) -> bool {
+        self.concurrency
     }
 }
 
-fn check_name(name: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_name(name: &str) -> Result<(), ConfigError> {
     let bad = |msg: &str| Err(ConfigError::new("name", format!("{name:?} {msg}")));
     if name.is_empty() {
         return bad("is empty: a policy needs a name");
@@ -716,4 +813,52 @@ fn check_name(name: &str) -> Result<(), ConfigError> {
         return bad("may only use ASCII letters, digits, '-', '_' and '.'");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Divisor, TAT_LIMIT};
+
+    /// A small deterministic generator, so the test needs no dependency.
+    fn numbers(mut x: u64) -> impl Iterator<Item = u64> {
+        std::iter::from_fn(move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            Some(x)
+        })
+    }
+
+    #[test]
+    fn a_divisor_divides_exactly_like_the_hardware() {
+        let divisors = [
+            1,
+            2,
+            3,
+            7,
+            10,
+            1_000,
+            86_400_000_000,
+            (1 << 53) - 1,
+            u64::MAX,
+        ];
+        let dividends = [0, 1, 2, 999, TAT_LIMIT - 1, TAT_LIMIT, u64::MAX];
+        let random = numbers(0x9e37_79b9_7f4a_7c15);
+        for (i, x) in random.take(20_000).enumerate() {
+            let d = if i < divisors.len() {
+                divisors[i]
+            } else {
+                (x >> (x % 64)).max(1)
+            };
+            let div = Divisor::new(d);
+            for n in dividends
+                .iter()
+                .copied()
+                .chain(numbers(x).take(50).map(|n| n >> (n % 64)))
+            {
+                assert_eq!(div.div(n), n / d, "{n} / {d}");
+                assert_eq!(div.div_ceil(n), n.div_ceil(d), "⌈{n} / {d}⌉");
+            }
+        }
+    }
 }

@@ -10,14 +10,18 @@ use std::task::{Context, Poll, ready};
 use tokio::time::Sleep;
 use tower_service::Service;
 
-use crate::config::{FailurePolicy, OnLimit, Shared};
+use crate::config::{FailurePolicy, OnLimit, Shared, UnknownSet};
 use crate::decision::Decision;
-use crate::error::StoreError;
-use crate::future::{ResponseFuture, Step, step};
+use crate::error::{KeyError, StoreError};
+use crate::future::{Call, Checking, ResponseFuture, Step, step};
 use crate::key::{Cost, Key, KeyExtractor};
 use crate::limiter::{Held, PendingHold};
-use crate::response::Respond;
+use crate::response::{Respond, Stamp};
+use crate::select::{SelectPolicies, Skip};
 use crate::store::{Check, Store};
+
+const UNKNOWN_SET: &str = "the rate limit's `policies_by` chose a policy set the layer does \
+    not have: add it with `.policy_set(name, policies)`";
 
 /// Rate-limits the inner service. Made by
 /// [`RateLimitLayer`](crate::RateLimitLayer); every clone shares the
@@ -30,14 +34,17 @@ use crate::store::{Check, Store};
 /// inner service and makes it ready only when its wait is over.
 ///
 /// One case decides in `poll_ready` instead: in
-/// [`OnLimit::Wait`] mode with a key and a cost that do not depend on the
-/// request ([`Global`](crate::key::Global), the unit cost), `poll_ready`
+/// [`OnLimit::Wait`] mode with a key, a cost and a policy set that do not
+/// depend on the request ([`Global`](crate::key::Global), the unit cost, no
+/// [`policies_by`](crate::RateLimitLayerBuilder::policies_by) or
+/// [`skip_if`](crate::RateLimitLayerBuilder::skip_if)), and not in shadow
+/// mode, `poll_ready`
 /// reserves the next slot and stays `Pending` until it comes, so a tower
 /// client stack is paced by backpressure rather than by holding requests.
 /// A service dropped with a reservation leaves the slot spent.
-pub struct RateLimit<S, K, St, C, M> {
+pub struct RateLimit<S, K, St, C, M, P, F> {
     inner: S,
-    shared: Arc<Shared<K, St, C>>,
+    shared: Arc<Shared<K, St, C, P, F>>,
     pace: Pace,
     _mode: PhantomData<fn() -> M>,
 }
@@ -54,8 +61,8 @@ enum Pace {
 
 type BoxDecision = Pin<Box<dyn Future<Output = Result<Decision, StoreError>> + Send>>;
 
-impl<S, K, St, C, M> RateLimit<S, K, St, C, M> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared<K, St, C>>) -> Self {
+impl<S, K, St, C, M, P, F> RateLimit<S, K, St, C, M, P, F> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared<K, St, C, P, F>>) -> Self {
         Self {
             inner,
             shared,
@@ -80,37 +87,39 @@ impl<S, K, St, C, M> RateLimit<S, K, St, C, M> {
     }
 }
 
-impl<S: Clone, K, St, C, M> Clone for RateLimit<S, K, St, C, M> {
+impl<S: Clone, K, St, C, M, P, F> Clone for RateLimit<S, K, St, C, M, P, F> {
     /// A clone shares the limiter, not a slot this one reserved.
     fn clone(&self) -> Self {
         Self::new(self.inner.clone(), Arc::clone(&self.shared))
     }
 }
 
-impl<S: fmt::Debug, K, St, C, M> fmt::Debug for RateLimit<S, K, St, C, M> {
+impl<S: fmt::Debug, K, St, C, M, P, F> fmt::Debug for RateLimit<S, K, St, C, M, P, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
-            .field("policies", &self.shared.engine.policies.policies())
+            .field("policy_sets", &self.shared.sets)
             .finish_non_exhaustive()
     }
 }
 
-impl<S, K, St, C, M, Req> Service<Req> for RateLimit<S, K, St, C, M>
+impl<S, K, St, C, M, P, F, Req> Service<Req> for RateLimit<S, K, St, C, M, P, F>
 where
     S: Service<Req> + Clone,
     K: KeyExtractor<Req>,
     St: Store,
     C: Cost<Req>,
     M: Respond<Req, S::Response, S::Error>,
+    P: SelectPolicies<Req>,
+    F: Skip<Req>,
 {
     type Response = M::Response;
     type Error = M::Error;
     type Future = ResponseFuture<S, Req, St::Future, M>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if let Some((key, cost)) = self.paced() {
-            ready!(self.reserve(cx, &key, cost));
+        if let Some((key, cost, set)) = self.paced() {
+            ready!(self.reserve(cx, &key, cost, set));
             let proceed = match &self.pace {
                 Pace::Reserved(Ok(d), _) => d.is_allowed(),
                 Pace::Reserved(Err(_), _) => self.shared.failure == FailurePolicy::FailOpen,
@@ -125,77 +134,123 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let shared = &*self.shared;
-        let config = Arc::clone(&shared.config);
-        let info = M::info(&req);
         if let Pace::Reserved(..) = self.pace {
             let Pace::Reserved(result, held) = std::mem::replace(&mut self.pace, Pace::Idle) else {
                 unreachable!()
             };
             return self.call_reserved(req, result, held);
         }
+        let shared = &*self.shared;
+        let config = &*shared.config;
+        if shared.skip.skip(&req) {
+            return ResponseFuture::calling(self.inner.call(req), Stamp::NONE, None, false);
+        }
+        let index = match shared.sets.choose(shared.select.select(&req)) {
+            Ok(Some(index)) => index,
+            // No set for this request: it is not limited.
+            Ok(None) => {
+                return ResponseFuture::calling(self.inner.call(req), Stamp::NONE, None, false);
+            }
+            Err(UnknownSet) => {
+                #[cfg(feature = "tracing")]
+                tracing::error!(
+                    set = ?shared.select.select(&req),
+                    "rate limit policies_by chose an unknown policy set"
+                );
+                let answer = M::key_error(&req, KeyError::new(UNKNOWN_SET));
+                return ResponseFuture::done(answer);
+            }
+        };
         let key = match shared.key.extract(&req) {
             Ok(Some(key)) => key,
-            Ok(None) if shared.reject_missing_key => {
-                return ResponseFuture::done(M::rejected(&config, info, None), info, config);
+            Ok(None) if shared.reject_missing_key && !config.shadow => {
+                return ResponseFuture::done(M::rejected(config, index, &req, None));
             }
             Ok(None) => {
-                return ResponseFuture::calling(self.inner.call(req), None, None, info, config);
+                #[cfg(feature = "tracing")]
+                if shared.reject_missing_key {
+                    tracing::info!(
+                        "rate limit shadow mode: a request without a key would have been rejected"
+                    );
+                }
+                return ResponseFuture::calling(self.inner.call(req), Stamp::NONE, None, false);
             }
-            Err(err) => return ResponseFuture::done(M::key_error(info, err), info, config),
+            Err(err) => return ResponseFuture::done(M::key_error(&req, err)),
         };
         let cost = shared.cost.cost(&req);
         let engine = &shared.engine;
-        let set = &engine.policies;
+        let set = shared.sets.get(index);
         let pending = engine.lease(&key, set, cost);
         let check = Check::new(&key, set, cost)
             .max_wait(shared.max_wait())
             .lease(pending.as_ref().map_or(0, PendingHold::id));
         let Some(result) = engine.store.decide_sync(check) else {
             let check = engine.store.decide(check);
-            let call = Box::new((self.inner.clone(), req));
-            return ResponseFuture::checking(check, call, pending, info, config, shared.failure);
+            let call = Box::new(Call {
+                service: self.inner.clone(),
+                req,
+                checking: Some(Checking {
+                    pending,
+                    set: index,
+                    config: Arc::clone(&shared.config),
+                    failure: shared.failure,
+                }),
+            });
+            return ResponseFuture::checking(check, call);
         };
-        match step::<Req, S::Response, S::Error, M>(result, &mut req, info, &config, shared.failure)
+        let hold_body = config.hold_until_body_end;
+        match step::<Req, S::Response, S::Error, M>(result, &mut req, index, config, shared.failure)
         {
-            Step::Call(decision) => {
-                let held = decision.as_ref().and(pending).map(|p| p.arm(true));
-                ResponseFuture::calling(self.inner.call(req), decision, held, info, config)
+            Step::Call { stamp, admitted } => {
+                let held = pending.filter(|_| admitted).map(|p| p.arm(true));
+                ResponseFuture::calling(self.inner.call(req), stamp, held, hold_body)
             }
-            Step::Wait(decision, wait) => {
+            Step::Wait { stamp, wait } => {
                 let held = pending.map(|p| p.arm(true));
-                let call = Box::new((self.inner.clone(), req));
-                ResponseFuture::waiting(decision, wait, call, held, info, config)
+                let call = Box::new(Call {
+                    service: self.inner.clone(),
+                    req,
+                    checking: None,
+                });
+                ResponseFuture::waiting(stamp, wait, call, held, hold_body)
             }
-            Step::Answer(output) => ResponseFuture::done(output, info, config),
+            Step::Answer(output) => ResponseFuture::done(output),
         }
     }
 }
 
-impl<S, K, St, C, M> RateLimit<S, K, St, C, M>
+impl<S, K, St, C, M, P, F> RateLimit<S, K, St, C, M, P, F>
 where
     St: Store,
 {
-    /// The key and cost `poll_ready` reserves for: in wait mode, when
-    /// neither depends on the request.
-    fn paced<Req>(&self) -> Option<(Key, u64)>
+    /// The key, cost and policy set `poll_ready` reserves for: in wait
+    /// mode, when none of them depends on the request and no request is
+    /// skipped or let through in shadow mode.
+    fn paced<Req>(&self) -> Option<(Key, u64, usize)>
     where
         K: KeyExtractor<Req>,
         C: Cost<Req>,
+        P: SelectPolicies<Req>,
+        F: Skip<Req>,
     {
-        if let OnLimit::Reject = self.shared.on_limit {
+        let shared = &*self.shared;
+        if let OnLimit::Reject = shared.on_limit {
             return None;
         }
-        Some((self.shared.key.fixed()?, self.shared.cost.fixed()?))
+        if shared.config.shadow || !shared.select.is_fixed() || !shared.skip.is_never() {
+            return None;
+        }
+        let set = shared.sets.own()?;
+        Some((shared.key.fixed()?, shared.cost.fixed()?, set))
     }
 
     /// Drives the reservation until it is made and its slot has come.
-    fn reserve(&mut self, cx: &mut Context<'_>, key: &Key, cost: u64) -> Poll<()> {
+    fn reserve(&mut self, cx: &mut Context<'_>, key: &Key, cost: u64, index: usize) -> Poll<()> {
         let engine = &self.shared.engine;
         loop {
             self.pace = match &mut self.pace {
                 Pace::Idle => {
-                    let set = &engine.policies;
+                    let set = self.shared.sets.get(index);
                     let pending = engine.lease(key, set, cost);
                     let check = Check::new(key, set, cost)
                         .max_wait(self.shared.max_wait())
@@ -234,17 +289,21 @@ where
         M: Respond<Req, S::Response, S::Error>,
     {
         let shared = &*self.shared;
-        let config = Arc::clone(&shared.config);
-        let info = M::info(&req);
+        let config = &*shared.config;
+        // Pacing happens only for the layer's own set.
+        let index = shared.sets.own().unwrap_or(0);
         // The wait is over: an admitted reservation is called at once.
         let result = result.map(Decision::waited);
-        match step::<Req, S::Response, S::Error, M>(result, &mut req, info, &config, shared.failure)
+        match step::<Req, S::Response, S::Error, M>(result, &mut req, index, config, shared.failure)
         {
-            Step::Call(decision) => {
-                ResponseFuture::calling(self.inner.call(req), decision, held, info, config)
-            }
-            Step::Wait(..) => unreachable!("a reserved slot has been waited for"),
-            Step::Answer(output) => ResponseFuture::done(output, info, config),
+            Step::Call { stamp, .. } => ResponseFuture::calling(
+                self.inner.call(req),
+                stamp,
+                held,
+                config.hold_until_body_end,
+            ),
+            Step::Wait { .. } => unreachable!("a reserved slot has been waited for"),
+            Step::Answer(output) => ResponseFuture::done(output),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{HeaderName, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_ratelimit::clock::{FakeClock, TokioClock};
@@ -382,10 +382,11 @@ async fn a_dropped_waiting_request_keeps_its_reservation() {
 }
 
 #[tokio::test]
-async fn handlers_see_the_decision_in_request_extensions() {
+async fn handlers_see_the_decision_in_request_extensions_when_asked_for() {
     let svc = tower::Layer::layer(
         &RateLimitLayer::builder()
             .policy(Policy::new("burst", Quota::per_minute(10)))
+            .decision_in_extensions(true)
             .build()
             .unwrap(),
         service_fn(|req: Req| async move {
@@ -406,10 +407,9 @@ async fn handlers_see_the_decision_in_request_extensions() {
 }
 
 #[tokio::test]
-async fn the_decision_can_be_left_out_of_request_extensions() {
+async fn the_decision_is_left_out_of_request_extensions_by_default() {
     let svc = RateLimitLayer::builder()
         .policy(Policy::new("burst", Quota::per_minute(10)))
-        .decision_in_extensions(false)
         .build()
         .unwrap()
         .layer(service_fn(|req: Req| async move {
@@ -428,7 +428,7 @@ async fn the_decision_can_be_left_out_of_request_extensions() {
 
 #[tokio::test]
 async fn requests_without_a_key_pass_uncounted_unless_rejected() {
-    let api_key = || Header(HeaderName::from_static("x-api-key"));
+    let api_key = || Header::new("x-api-key");
     let open = tower::Layer::layer(
         &RateLimitLayer::builder()
             .policy(Policy::new("per-key", Quota::per_second(1)))

@@ -82,14 +82,21 @@ async fn settle() {
     }
 }
 
+/// Lets other tasks run until `cond` holds; fails rather than hang.
+async fn until(cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting");
+        settle().await;
+    }
+}
+
 async fn holds_until_the_response_completes<St: Store>(store: St) {
     let gated = Gated::new();
     let svc = in_flight_layer(store, 2).layer(gated.service());
     let a = tokio::spawn(svc.clone().oneshot(Req::default()));
     let b = tokio::spawn(svc.clone().oneshot(Req::default()));
-    while gated.waiting() < 2 {
-        settle().await;
-    }
+    until(|| gated.waiting() >= 2).await;
     // Two in flight: a third is refused, with the policy's unit and no
     // retry time (nobody knows when one finishes).
     let refused = svc.clone().oneshot(Req::default()).await.unwrap();
@@ -104,21 +111,17 @@ async fn holds_until_the_response_completes<St: Store>(store: St) {
     );
     assert_eq!(header(&refused, "retry-after"), None);
 
-    // One completes: its permit goes back with its response (on Redis, a
-    // task sends the release: allow it a bounded moment). The one released
-    // is whichever reached the service first.
+    // One completes (whichever reached the service first): its permit goes
+    // back with its response (on Redis a task sends the release: allow it a
+    // bounded moment).
     gated.release_one();
-    while !a.is_finished() && !b.is_finished() {
-        settle().await;
-    }
-    let (done, b) = if a.is_finished() { (a, b) } else { (b, a) };
+    until(|| a.is_finished() || b.is_finished()).await;
+    let (done, other) = if a.is_finished() { (a, b) } else { (b, a) };
     assert_eq!(done.await.unwrap().unwrap().status(), StatusCode::OK);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let c = loop {
         let c = tokio::spawn(svc.clone().oneshot(Req::default()));
-        while gated.waiting() < 2 && !c.is_finished() {
-            settle().await;
-        }
+        until(|| gated.waiting() >= 2 || c.is_finished()).await;
         if gated.waiting() == 2 {
             break c;
         }
@@ -132,7 +135,7 @@ async fn holds_until_the_response_completes<St: Store>(store: St) {
     };
     gated.release_one();
     gated.release_one();
-    assert_eq!(b.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(other.await.unwrap().unwrap().status(), StatusCode::OK);
     assert_eq!(c.await.unwrap().unwrap().status(), StatusCode::OK);
 }
 
@@ -155,9 +158,7 @@ async fn a_dropped_response_future_gives_its_permit_back() {
     let gated = Gated::new();
     let svc = in_flight_layer(MemoryStore::new(), 1).layer(gated.service());
     let held = tokio::spawn(svc.clone().oneshot(Req::default()));
-    while gated.waiting() < 1 {
-        settle().await;
-    }
+    until(|| gated.waiting() >= 1).await;
     assert_eq!(
         svc.clone().oneshot(Req::default()).await.unwrap().status(),
         StatusCode::TOO_MANY_REQUESTS
@@ -165,9 +166,7 @@ async fn a_dropped_response_future_gives_its_permit_back() {
     held.abort();
     let _ = held.await;
     let next = tokio::spawn(svc.clone().oneshot(Req::default()));
-    while gated.waiting() < 2 {
-        settle().await;
-    }
+    until(|| gated.waiting() >= 2).await;
     gated.0.lock().unwrap().pop().unwrap().send(()).unwrap();
     assert_eq!(next.await.unwrap().unwrap().status(), StatusCode::OK);
 }
@@ -194,9 +193,7 @@ async fn concurrency_and_rate_policies_on_one_layer_admit_all_or_nothing() {
         .unwrap()
         .layer(gated.service());
     let a = tokio::spawn(svc.clone().oneshot(Req::default()));
-    while gated.waiting() < 1 {
-        settle().await;
-    }
+    until(|| gated.waiting() >= 1).await;
     // Refused for concurrency: the rate policy is charged nothing.
     for _ in 0..5 {
         let res = svc.clone().oneshot(Req::default()).await.unwrap();
@@ -210,9 +207,7 @@ async fn concurrency_and_rate_policies_on_one_layer_admit_all_or_nothing() {
     a.await.unwrap().unwrap();
     for _ in 0..2 {
         let next = tokio::spawn(svc.clone().oneshot(Req::default()));
-        while gated.waiting() < 1 {
-            settle().await;
-        }
+        until(|| gated.waiting() >= 1).await;
         gated.release_one();
         assert_eq!(next.await.unwrap().unwrap().status(), StatusCode::OK);
     }
@@ -231,7 +226,7 @@ async fn concurrency_is_counted_per_key() {
     let gated = Gated::new();
     let svc = RateLimitLayer::builder()
         .policy(Policy::concurrency("per-user", 1))
-        .key(Header(http::HeaderName::from_static("x-user")))
+        .key(Header::new("x-user"))
         .build()
         .unwrap()
         .layer(gated.service());
@@ -242,17 +237,13 @@ async fn concurrency_is_counted_per_key() {
             .unwrap()
     };
     let _a = tokio::spawn(svc.clone().oneshot(user("ann")));
-    while gated.waiting() < 1 {
-        settle().await;
-    }
+    until(|| gated.waiting() >= 1).await;
     assert_eq!(
         svc.clone().oneshot(user("ann")).await.unwrap().status(),
         StatusCode::TOO_MANY_REQUESTS
     );
     let _b = tokio::spawn(svc.clone().oneshot(user("bob")));
-    while gated.waiting() < 2 {
-        settle().await;
-    }
+    until(|| gated.waiting() >= 2).await;
 }
 
 #[tokio::test]
@@ -266,9 +257,7 @@ async fn grpc_requests_over_the_concurrency_limit_get_resource_exhausted() {
             .unwrap()
     };
     let _a = tokio::spawn(svc.clone().oneshot(grpc()));
-    while gated.waiting() < 1 {
-        settle().await;
-    }
+    until(|| gated.waiting() >= 1).await;
     let res = svc.oneshot(grpc()).await.unwrap();
     assert_eq!(header(&res, "grpc-status").as_deref(), Some("8"));
 }

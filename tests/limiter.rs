@@ -232,14 +232,18 @@ fn one_at_a_time() -> Vec<Policy> {
 /// Waits (a bounded while) until a permit for `key` can be had: releases
 /// to Redis are sent by a task after the permit is dropped.
 async fn permit_comes_back<St: Store>(l: &RateLimiter<St>, key: &Key) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let started = std::time::Instant::now();
     loop {
         match l.try_acquire_permit(key.clone(), 1).await {
             Ok(p) => return p.release(),
-            Err(AcquireError::Limited(_)) if std::time::Instant::now() < deadline => {
+            Err(AcquireError::Limited(_)) if started.elapsed() < Duration::from_secs(5) => {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Err(e) => panic!("the permit did not come back: {e}"),
+            Err(e) => panic!(
+                "the permit for {key:?} did not come back within {:?}: {e} ({:?})",
+                started.elapsed(),
+                e.decision()
+            ),
         }
     }
 }

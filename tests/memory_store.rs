@@ -1,5 +1,5 @@
 //! The in-memory store's bounds: forgetting refilled state, the key cap,
-//! and concurrency.
+//! time that never runs back, and concurrency.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +37,149 @@ fn the_key_cap_holds_under_a_flood_of_distinct_keys() {
         "the cap is used, not emptied: {}",
         store.len()
     );
+}
+
+#[test]
+fn a_store_built_for_n_keys_holds_n_keys_of_each_policy_before_it_forgets_any() {
+    for (n, store) in [
+        (
+            10_000,
+            MemoryStore::builder()
+                .clock(FakeClock::new())
+                .max_keys(10_000),
+        ),
+        (
+            777,
+            MemoryStore::builder().clock(FakeClock::new()).max_keys(777),
+        ),
+    ] {
+        let store = store.build().unwrap();
+        // Two policies: each holds its own n keys.
+        let hourly = PolicySet::new(vec![Policy::new("hourly", Quota::per_hour(1))]).unwrap();
+        let daily = PolicySet::new(vec![
+            Policy::new("daily", Quota::per_day(1)).algorithm(Algorithm::FixedWindow),
+        ])
+        .unwrap();
+        for i in 0..n as u64 {
+            assert!(
+                store
+                    .decide_now(Check::new(&Key::from(i), &hourly, 1))
+                    .is_allowed()
+            );
+            assert!(
+                store
+                    .decide_now(Check::new(&Key::from(i), &daily, 1))
+                    .is_allowed()
+            );
+        }
+        assert_eq!(store.len(), 2 * n);
+        // Every key's spent quota is still there: none was forgotten.
+        for i in 0..n as u64 {
+            assert!(
+                !store
+                    .decide_now(Check::new(&Key::from(i), &hourly, 1))
+                    .is_allowed(),
+                "{i}"
+            );
+            assert!(
+                !store
+                    .decide_now(Check::new(&Key::from(i), &daily, 1))
+                    .is_allowed(),
+                "{i}"
+            );
+        }
+        // One key more, and the cap holds.
+        store.decide_now(Check::new(&Key::from(n as u64), &hourly, 1));
+        assert!(store.len() <= 2 * n, "{} keys", store.len());
+    }
+}
+
+#[test]
+fn the_default_store_holds_a_million_keys() {
+    let store = MemoryStore::new();
+    let set = set(Algorithm::Gcra);
+    for i in 0..1_000_000_u64 {
+        store.decide_now(Check::new(&Key::from(i), &set, 1));
+    }
+    assert_eq!(store.len(), 1_000_000);
+}
+
+#[test]
+fn keys_of_every_kind_are_kept_apart() {
+    let store = MemoryStore::builder()
+        .clock(FakeClock::new())
+        .build()
+        .unwrap();
+    let set = PolicySet::new(vec![Policy::new("p", Quota::per_hour(1))]).unwrap();
+    let v4 = std::net::Ipv4Addr::new(0, 0, 0, 7);
+    let keys = [
+        Key::global(),
+        Key::from(7_u64),
+        Key::from(v4),
+        Key::from(v4.to_ipv6_mapped()),
+        Key::from("7"),
+        Key::composite([Key::from(7_u64)]),
+    ];
+    for key in &keys {
+        assert!(
+            store.decide_now(Check::new(key, &set, 1)).is_allowed(),
+            "{key:?}"
+        );
+    }
+    for key in &keys {
+        assert!(
+            !store.decide_now(Check::new(key, &set, 1)).is_allowed(),
+            "{key:?}"
+        );
+    }
+    assert_eq!(store.len(), keys.len());
+}
+
+#[test]
+fn a_check_at_an_earlier_time_is_decided_at_the_latest_time_the_store_has_seen() {
+    let clock = FakeClock::at_micros(5_000_000);
+    let store = MemoryStore::builder().clock(clock.clone()).build().unwrap();
+    let set = PolicySet::new(vec![Policy::new("p", Quota::per_second(1))]).unwrap();
+    let key = Key::from("k");
+    assert!(store.decide_now(Check::new(&key, &set, 1)).is_allowed());
+    // The clock steps back: time stands still instead.
+    clock.set_micros(4_000_000);
+    let d = store.decide_now(Check::new(&key, &set, 1));
+    assert_eq!(d.at_micros(), 5_000_000);
+    assert_eq!(d.retry_after(), Some(Duration::from_secs(1)));
+    let d = store.decide_now(Check::new(&key, &set, 1).at_micros(Some(1)));
+    assert_eq!(d.at_micros(), 5_000_000);
+    // Once it passes the latest time again, it is the clock's time.
+    clock.set_micros(6_000_000);
+    let d = store.decide_now(Check::new(&key, &set, 1));
+    assert_eq!(d.at_micros(), 6_000_000);
+    assert!(d.is_allowed());
+}
+
+#[test]
+fn a_reservation_ahead_is_kept_exactly_and_then_folds_back_into_one_word() {
+    // Wait mode reserves a slot ahead; a check in reject mode before it
+    // comes queues behind it, and once it has passed the state decides as
+    // any other.
+    let clock = FakeClock::new();
+    let store = MemoryStore::builder().clock(clock.clone()).build().unwrap();
+    let set = PolicySet::new(vec![Policy::new("p", Quota::per_second(10).burst(1))]).unwrap();
+    let mut states = vec![None];
+    let key = Key::from(1_u64);
+    let wait = Some(Duration::from_secs(1));
+    for (at, max_wait) in [
+        (0, None),
+        (0, wait),
+        (0, wait),
+        (50_000, None),
+        (150_000, None),
+        (300_000, None),
+    ] {
+        clock.set_micros(at);
+        let got = store.decide_now(Check::new(&key, &set, 1).max_wait(max_wait));
+        let want = tower_ratelimit::algorithm::decide(&set, &mut states, at, 1, max_wait);
+        assert_eq!(got, want, "at {at} µs");
+    }
 }
 
 #[test]
@@ -95,6 +238,102 @@ fn rejected_requests_for_new_keys_store_nothing() {
     assert!(!d.is_allowed());
     assert_eq!(d.retry_after(), None);
     assert!(store.is_empty());
+}
+
+#[test]
+fn threads_on_one_key_admit_exactly_the_burst_on_the_one_word_path_and_the_general_one() {
+    // Time stands still: exactly the burst is admitted, however the
+    // threads interleave. A wait of at most zero decides as reject mode
+    // does for GCRA, through the general path instead of the one word.
+    for max_wait in [None, Some(Duration::ZERO)] {
+        for algorithm in [Algorithm::Gcra, Algorithm::GreedyTokenBucket] {
+            let store = Arc::new(
+                MemoryStore::builder()
+                    .clock(FakeClock::new())
+                    .build()
+                    .unwrap(),
+            );
+            let set = Arc::new(
+                PolicySet::new(vec![
+                    Policy::new("burst", Quota::per_hour(10).burst(300)).algorithm(algorithm),
+                ])
+                .unwrap(),
+            );
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    let (store, set) = (Arc::clone(&store), Arc::clone(&set));
+                    std::thread::spawn(move || {
+                        let key = Key::from("shared");
+                        (0..200)
+                            .filter(|_| {
+                                let check = Check::new(&key, &set, 1).max_wait(max_wait);
+                                store.decide_now(check).is_allowed()
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            let admitted: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+            assert_eq!(admitted, 300, "{algorithm:?}, wait {max_wait:?}");
+        }
+    }
+}
+
+#[test]
+fn threads_on_their_own_keys_get_exactly_what_decide_gives_at_the_time_reported() {
+    // Four threads share shards and a moving clock, each on keys of its
+    // own: each key's decisions, replayed through `decide` at the times the
+    // store reports, come out the same.
+    let clock = FakeClock::new();
+    let store = Arc::new(
+        MemoryStore::builder()
+            .clock(clock.clone())
+            .shards(2)
+            .build()
+            .unwrap(),
+    );
+    let set = Arc::new(
+        PolicySet::new(vec![Policy::new(
+            "p",
+            Quota::new(7, Duration::from_micros(900)).burst(3),
+        )])
+        .unwrap(),
+    );
+    let ticker = {
+        let clock = clock.clone();
+        std::thread::spawn(move || {
+            for _ in 0..2_000 {
+                clock.advance(Duration::from_micros(13));
+                std::thread::yield_now();
+            }
+        })
+    };
+    let handles: Vec<_> = (0..4_u64)
+        .map(|t| {
+            let (store, set) = (Arc::clone(&store), Arc::clone(&set));
+            std::thread::spawn(move || {
+                let keys: Vec<Key> = (0..8).map(|k| Key::from(t * 100 + k)).collect();
+                let mut states = vec![vec![None]; keys.len()];
+                for i in 0..2_000_usize {
+                    let k = i % keys.len();
+                    let max_wait = (i % 5 == 0).then(|| Duration::from_micros(500));
+                    let got = store.decide_now(Check::new(&keys[k], &set, 1).max_wait(max_wait));
+                    let want = tower_ratelimit::algorithm::decide(
+                        &set,
+                        &mut states[k],
+                        got.at_micros(),
+                        1,
+                        max_wait,
+                    );
+                    assert_eq!(got, want, "thread {t}, request {i}");
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    ticker.join().unwrap();
 }
 
 #[test]

@@ -9,8 +9,10 @@
 
 use super::Slot;
 use crate::quota::Params;
+#[cfg(feature = "memory")]
+use crate::quota::TAT_LIMIT;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Level {
     pub(crate) level: u64,
     pub(crate) last: u64,
@@ -24,11 +26,35 @@ impl Level {
         }
     }
 
+    /// The state as one number, `last · drain + level` (the theoretical
+    /// arrival time in ticks), when it is below [`TAT_LIMIT`]. For a bucket
+    /// last drawn from no later than any time it is decided at from then
+    /// on, this number alone decides as the state does: see
+    /// [`decide_tat`](super::decide_tat).
+    #[cfg(feature = "memory")]
+    #[inline]
+    pub(crate) fn tat(&self, p: &Params) -> Option<u64> {
+        self.last
+            .checked_mul(p.drain)?
+            .checked_add(self.level)
+            .filter(|&t| t < TAT_LIMIT)
+    }
+
+    /// The state a [`tat`](Self::tat) stands for at `now`, for a bucket
+    /// last drawn from no later than `now`; `None` when it is full again.
+    #[cfg(feature = "memory")]
+    pub(crate) fn from_tat(p: &Params, tat: u64, now: u64) -> Option<Self> {
+        let level = tat
+            .checked_sub(now.saturating_mul(p.drain))
+            .filter(|&l| l > 0)?;
+        Some(Self { level, last: now })
+    }
+
     /// The level at `t`; before `last` (a reservation ahead, or a clock
     /// that stepped back) nothing has drained yet.
     fn level_at(&self, p: &Params, t: u64) -> u64 {
         let elapsed = t.saturating_sub(self.last);
-        if elapsed >= self.level.div_ceil(p.drain) {
+        if elapsed >= p.drain_div.div_ceil(self.level) {
             0
         } else {
             self.level - elapsed * p.drain
@@ -54,8 +80,8 @@ impl Level {
             // whenever period/limit is not a whole number of µs. Requests of
             // several units round less, so with mixed costs and a fractional
             // interval the queue can hold slightly more; the rate is exact.)
-            let slot = t0 + level.div_ceil(p.drain);
-            let room = (p.burst - cost) * p.unit.div_ceil(p.drain);
+            let slot = t0 + p.drain_div.div_ceil(level);
+            let room = (p.burst - cost) * p.drain_div.div_ceil(p.unit);
             if slot - now > room {
                 return Slot::QueueFull {
                     retry_at: slot - room,
@@ -65,7 +91,7 @@ impl Level {
         }
         match (level + need).checked_sub(capacity) {
             None | Some(0) => Slot::At(t0),
-            Some(excess) => Slot::At(t0 + excess.div_ceil(p.drain)),
+            Some(excess) => Slot::At(t0 + p.drain_div.div_ceil(excess)),
         }
     }
 
@@ -78,10 +104,11 @@ impl Level {
         if self.last > now {
             return 0;
         }
-        p.capacity().saturating_sub(self.level_at(p, now)) / p.unit
+        p.unit_div
+            .div(p.capacity().saturating_sub(self.level_at(p, now)))
     }
 
     pub(crate) fn full_at(&self, p: &Params) -> u64 {
-        self.last + self.level.div_ceil(p.drain)
+        self.last + p.drain_div.div_ceil(self.level)
     }
 }

@@ -32,7 +32,6 @@ mod sliding_counter;
 mod sliding_log;
 mod token_bucket;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decision::{BUSY, Decision, NEVER, Policies, PolicyDecision};
@@ -249,6 +248,46 @@ pub(crate) fn trim(set: &PolicySet, states: &mut [Option<State>], now: u64) {
     }
 }
 
+/// [`decide`] for a set of one GCRA-family policy in reject mode, on its
+/// state as one word ([`Level::tat`]; `0` for none) when the bucket was
+/// last drawn from no later than `now`: the same decision, with no
+/// division by a number unknown at build time, and the state after it when
+/// the request was charged.
+///
+/// With `last ≤ now` the level at `now` is `tat - now·drain` (or zero), and
+/// the state after a charge is that level plus the cost, last drawn at
+/// `now`. `reset_after` is `⌈level / drain⌉` either way: the time the
+/// level takes to drain.
+#[cfg(feature = "memory")]
+#[inline(always)]
+pub(crate) fn decide_tat(p: &Params, tat: u64, now: u64, cost: u64) -> (Decision, Option<Level>) {
+    let level = tat.saturating_sub(now.saturating_mul(p.drain));
+    let (allowed, retry, after) = if cost > p.burst {
+        (false, NEVER, level)
+    } else {
+        let need = cost * p.unit;
+        match (level + need).checked_sub(p.capacity()) {
+            None | Some(0) => (true, 0, level + need),
+            Some(excess) => (false, p.drain_div.div_ceil(excess), level),
+        }
+    };
+    let policy = PolicyDecision {
+        policy: p.info,
+        allowed,
+        remaining: p.unit_div.div(p.capacity().saturating_sub(after)),
+        retry_after: retry,
+        reset_after: p.drain_div.div_ceil(after),
+    };
+    let charged = (allowed && cost > 0).then_some(Level {
+        level: after,
+        last: now,
+    });
+    (
+        Decision::new(allowed, now, retry, Policies::One(policy)),
+        charged,
+    )
+}
+
 /// What [`decide`] would answer, changing nothing: the decision for a
 /// request that looks before it spends. `remaining` is what is left now.
 ///
@@ -426,11 +465,8 @@ pub(crate) fn assemble(
             Slot::Never => NEVER,
         };
         PolicyDecision {
-            name: Arc::clone(set.policies()[i].shared_name()),
+            policy: p.info,
             allowed: allowed || retry_after == 0,
-            concurrency: p.algorithm == Algorithm::Concurrency,
-            limit: p.limit,
-            period: p.period,
             remaining,
             retry_after,
             // Units in flight come back when released, at no known time.

@@ -12,6 +12,23 @@
 //! load balancer, [`ClientIp`] keys by the client they report, believing
 //! them only when the peer is one of the proxies it is told to trust.
 //!
+//! By request: [`Header`] (an API key), [`Method`], and with the `axum`
+//! feature [`MatchedPath`] (the route). A tuple of extractors is an
+//! extractor of the combination: `(ClientIp, Method)` counts each client's
+//! `GET`s and `POST`s apart.
+//!
+//! ```
+//! use tower_ratelimit::key::{Header, Key, KeyExtractor, Method};
+//!
+//! let per_key_and_method = (Header::new("x-api-key"), Method);
+//! let req = http::Request::post("/").header("x-api-key", "k1").body(()).unwrap();
+//! let key = per_key_and_method.extract(&req).unwrap().unwrap();
+//! assert_eq!(key.to_string(), "(k1, POST)");
+//! // No API key, no key: the request is not counted (or is rejected).
+//! let anonymous = http::Request::post("/").body(()).unwrap();
+//! assert_eq!(per_key_and_method.extract(&anonymous).unwrap(), None);
+//! ```
+//!
 //! Any closure `Fn(&Req) -> Option<K>` with `K: Into<Key>` is an extractor:
 //!
 //! ```
@@ -28,12 +45,16 @@
 //! ```
 
 mod client_ip;
+mod composite;
 mod forwarded;
 mod global;
 mod header;
 mod ip;
 mod ip_net;
+mod method;
 mod peer_ip;
+#[cfg(feature = "axum")]
+mod route;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -43,7 +64,10 @@ pub use client_ip::{ClientIp, ProxyHeader};
 pub use global::Global;
 pub use header::Header;
 pub use ip_net::{IpNet, IpNetError};
+pub use method::Method;
 pub use peer_ip::PeerIp;
+#[cfg(feature = "axum")]
+pub use route::MatchedPath;
 
 use crate::error::KeyError;
 
@@ -72,10 +96,13 @@ where
     }
 }
 
-/// A rate-limit key: a string, an integer, an IP address or the global key.
+/// A rate-limit key: a string, an integer, an IP address, the global key,
+/// or a combination of keys.
 ///
 /// Keys of different kinds never collide: `Key::from(7_u64)` and
-/// `Key::from("7")` are counted apart.
+/// `Key::from("7")` are counted apart, and so are the combinations
+/// `("a:b", "c")` and `("a", "b:c")`. Cloning is cheap: at most a
+/// reference count.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Key(Repr);
 
@@ -86,6 +113,7 @@ enum Repr {
     Ip(IpAddr),
     Str(Arc<str>),
     Bytes(Arc<[u8]>),
+    Composite(Arc<[Key]>),
 }
 
 impl Key {
@@ -95,8 +123,33 @@ impl Key {
         Key(Repr::Global)
     }
 
+    /// A key combining `parts`, in order: what a tuple of extractors
+    /// yields.
+    ///
+    /// ```
+    /// use tower_ratelimit::key::Key;
+    ///
+    /// let a = Key::composite([Key::from("a:b"), Key::from("c")]);
+    /// let b = Key::composite([Key::from("a"), Key::from("b:c")]);
+    /// assert_ne!(a, b);
+    /// ```
+    #[must_use]
+    pub fn composite<const N: usize>(parts: [Key; N]) -> Self {
+        Key(Repr::Composite(Arc::new(parts)))
+    }
+
     /// The key as bytes for a store, with a tag naming its kind so kinds
-    /// never collide: `g`, `n:<int>`, `ip:<addr>`, `s:<str>`, `b:<bytes>`.
+    /// never collide: `g`, `n:<int>`, `ip:<addr>`, `s:<str>`, `b:<bytes>`,
+    /// and for a combination `c:` then each part's tagged bytes after their
+    /// length (`c:3:s:a3:n:7`), so no part can run into the next.
+    ///
+    /// ```
+    /// use tower_ratelimit::key::Key;
+    ///
+    /// let mut out = Vec::new();
+    /// Key::composite([Key::from("a"), Key::from(7_u64)]).write_tagged(&mut out);
+    /// assert_eq!(out, b"c:3:s:a3:n:7");
+    /// ```
     pub fn write_tagged(&self, out: &mut Vec<u8>) {
         use std::io::Write;
         // Writing into a Vec cannot fail.
@@ -112,7 +165,47 @@ impl Key {
                 out.extend_from_slice(b"b:");
                 out.write_all(b)
             }
+            Repr::Composite(parts) => {
+                out.extend_from_slice(b"c:");
+                let mut part = Vec::new();
+                for p in parts.iter() {
+                    part.clear();
+                    p.write_tagged(&mut part);
+                    let _ = write!(out, "{}:", part.len());
+                    out.extend_from_slice(&part);
+                }
+                Ok(())
+            }
         };
+    }
+}
+
+/// A key as the in-memory store keeps it: integers and addresses inline,
+/// anything else as the key itself.
+#[cfg(feature = "memory")]
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Parts<'a> {
+    Global,
+    Int(u64),
+    V4(u32),
+    V6([u64; 2]),
+    Other(&'a Key),
+}
+
+#[cfg(feature = "memory")]
+impl Key {
+    #[inline]
+    pub(crate) fn parts(&self) -> Parts<'_> {
+        match &self.0 {
+            Repr::Global => Parts::Global,
+            Repr::Int(n) => Parts::Int(*n),
+            Repr::Ip(IpAddr::V4(ip)) => Parts::V4(u32::from(*ip)),
+            Repr::Ip(IpAddr::V6(ip)) => {
+                let n = u128::from(*ip);
+                Parts::V6([n as u64, (n >> 64) as u64])
+            }
+            Repr::Str(_) | Repr::Bytes(_) | Repr::Composite(_) => Parts::Other(self),
+        }
     }
 }
 
@@ -124,6 +217,7 @@ impl fmt::Debug for Key {
             Repr::Ip(ip) => write!(f, "Key({ip})"),
             Repr::Str(s) => write!(f, "Key({s:?})"),
             Repr::Bytes(b) => write!(f, "Key({:?})", String::from_utf8_lossy(b)),
+            Repr::Composite(parts) => f.debug_tuple("Key").field(&&parts[..]).finish(),
         }
     }
 }
@@ -136,6 +230,16 @@ impl fmt::Display for Key {
             Repr::Ip(ip) => write!(f, "{ip}"),
             Repr::Str(s) => f.write_str(s),
             Repr::Bytes(b) => f.write_str(&String::from_utf8_lossy(b)),
+            Repr::Composite(parts) => {
+                f.write_str("(")?;
+                for (i, p) in parts.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    fmt::Display::fmt(p, f)?;
+                }
+                f.write_str(")")
+            }
         }
     }
 }

@@ -104,8 +104,8 @@ impl<'a> Check<'a> {
 
     /// Decide as of this time (µs) instead of the store's clock. Meant for
     /// tests that compare stores exactly. (Redis still expires keys by its
-    /// own clock: with a given time, [`RedisStore`](crate::store::RedisStore)
-    /// keeps them a minute longer than their state needs.)
+    /// own clock: with a given time, `RedisStore` keeps them a minute
+    /// longer than their state needs.)
     #[must_use]
     pub fn at_micros(mut self, at: Option<u64>) -> Self {
         self.at_micros = at;
