@@ -295,3 +295,50 @@ mod tls {
         assert_eq!(e.kind(), ConnectErrorKind::Tls, "{e}");
     }
 }
+
+/// A server that says it is Redis 4.0 (`INFO`) and answers `+OK` to
+/// everything else.
+fn old_redis() -> (std::thread::JoinHandle<()>, u16) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0_u8; 4096];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            let text = String::from_utf8_lossy(&buf[..n]);
+            let mut reply = String::new();
+            for command in text.split('*').skip(1) {
+                if command.to_ascii_uppercase().contains("INFO") {
+                    let info = "redis_version:4.0.14\r\nredis_mode:standalone\r\n";
+                    reply.push_str(&format!("${}\r\n{info}\r\n", info.len()));
+                } else {
+                    reply.push_str("+OK\r\n");
+                }
+            }
+            if s.write_all(reply.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    (handle, port)
+}
+
+#[test]
+fn a_redis_older_than_5_is_refused_naming_the_version() {
+    let (server, port) = old_redis();
+    let (e, took) = fails(&format!("redis://127.0.0.1:{port}/"));
+    assert_eq!(e.kind(), ConnectErrorKind::Version, "{e}");
+    assert!(
+        e.to_string().contains("4.0.14") && e.to_string().contains("5.0"),
+        "{e}"
+    );
+    assert!(took < CONNECT_TIMEOUT);
+    drop(server);
+}
