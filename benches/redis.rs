@@ -39,7 +39,7 @@ fn redis(c: &mut Criterion) {
     let sha: String = rt.block_on(async {
         redis::cmd("SCRIPT")
             .arg("LOAD")
-            .arg(RedisStore::script_source())
+            .arg(RedisStore::script_source(&set))
             .query_async(&mut conn)
             .await
             .unwrap()
@@ -56,31 +56,23 @@ fn redis(c: &mut Criterion) {
             }
         });
     });
-    // The same script and arguments RedisStore sends for this policy: the
-    // server's time, acquire, cost 1, reject mode, no lease; then GCRA
-    // (id 1), limit 1000, period 1 day, burst 10^8, unit 86 400 000 µs per
-    // unit, drain 1 tick per µs.
+    // The same script and arguments RedisStore sends for this policy (see
+    // lua/decide.lua): GCRA's parameters packed as big-endian doubles —
+    // burst 10^8, 86 400 000 ticks per unit, 1 tick drained per µs (1,000
+    // per day) — then the cost.
+    let mut params = Vec::new();
+    for n in [100_000_000_f64, 86_400_000.0, 1.0] {
+        params.extend_from_slice(&n.to_be_bytes());
+    }
     let mut raw = redis::cmd("EVALSHA");
-    raw.arg(&sha)
-        .arg(1)
-        .arg(&redis_key)
-        .arg("")
-        .arg("a")
-        .arg(1)
-        .arg(-1)
-        .arg(0);
-    raw.arg(1)
-        .arg(1_000)
-        .arg(86_400_000_000_u64)
-        .arg(100_000_000)
-        .arg(86_400_000)
-        .arg(1);
+    raw.arg(&sha).arg(1).arg(&redis_key).arg(params).arg(1);
     g.bench_function("raw_evalsha", |b| {
         b.to_async(&rt).iter(|| {
             let mut conn = conn.clone();
             let raw = &raw;
             async move {
-                let v: Vec<i64> = raw.query_async(&mut conn).await.unwrap();
+                // { now, the state as read (nil for none), admission flags }
+                let v: redis::Value = raw.query_async(&mut conn).await.unwrap();
                 black_box(v)
             }
         });

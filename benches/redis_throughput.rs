@@ -9,6 +9,8 @@
 //! variants are alternated over `BENCH_ROUNDS` rounds (default 3: A B C D,
 //! then B C D A, …) so drift on a shared machine hits them all alike; every
 //! figure is the median across rounds, with the min–max spread beside it.
+//! `BENCH_ONLY` (names, comma-separated) runs only those variants and
+//! sections.
 //!
 //! The variants, side by side:
 //! - `decide 1 policy`: `RedisStore::decide`, one GCRA policy (1,000/min,
@@ -21,19 +23,28 @@
 //!   maths, one `SET .. PX`), same quota and keys, commands prebuilt — the
 //!   floor for a script that decides in Redis;
 //! - `PING`: the round trip alone, the ceiling;
-//! - `decide hot key` / `lean hot key`: every task on one key;
+//! - `decide hot key` / `lean hot key`: every task on one key; the store
+//!   coalesces what arrives while a call is in flight (`… one call each`:
+//!   a store built with `.coalesce(false)`);
 //! - `decide blocked` / `lean blocked`: one key whose quota (1/day) is spent,
-//!   so every call is denied and nothing is written;
-//! - then, at 16 tasks, each of `Algorithm::RATES` as one policy over the
-//!   10,000 keys.
+//!   so every call is denied; the store answers from its denied cache
+//!   (`… uncached`: built with `.denied_cache(0, _)`);
+//! - then, at 16 tasks, each of `Algorithm::ALL` as one policy over the
+//!   10,000 keys;
+//! - then `sliding log`: one key's log filled to 10,000, 100,000 and
+//!   1,000,000 entries (a limit of 2,000,000 a day), and what a decision
+//!   costs on it, in Redis and in memory: admitted with nothing expiring,
+//!   and admitted while the oldest entry expires at every request.
 //!
 //! For each it prints decisions/s, p50 and p99 latency, and where Redis
-//! spends its time: `usec_per_call` of the top-level command (`EVALSHA`,
-//! `EVAL` or `PING`, from `INFO commandstats` after a `CONFIG RESETSTAT`),
-//! the part of it spent in the commands the script calls, Redis's main
-//! thread CPU per call (`INFO cpu`, which adds parsing and socket I/O) and
-//! this process's CPU per call. Ratios (ours ÷ lean, three policies ÷ one)
-//! are taken within each round, then their median is shown.
+//! spends its time: `usec_per_call` of the top-level command (`FCALL`,
+//! `EVALSHA`, `EVAL` or `PING`, from `INFO commandstats` after a `CONFIG
+//! RESETSTAT`), calls and Redis µs per decision (coalesced and cached
+//! decisions share or skip calls), the part spent in the commands the
+//! script calls, Redis's main thread CPU per decision (`INFO cpu`, which
+//! adds parsing and socket I/O) and this process's CPU per decision. Ratios
+//! (ours ÷ lean, three policies ÷ one) are taken within each round, then
+//! their median is shown.
 //!
 //! Without `--bench` (as under `cargo test --all-targets`, which runs
 //! bench binaries too) or with `--test`, it makes a tiny run of every path
@@ -50,7 +61,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{Cmd, Value};
 use tower_ratelimit::key::Key;
 use tower_ratelimit::store::{Check, RedisStore, Store};
-use tower_ratelimit::{Algorithm, Policy, PolicySet, Quota};
+use tower_ratelimit::{Algorithm, MemoryStore, Policy, PolicySet, Quota};
 
 /// A lean reference GCRA: the theoretical arrival time (TAT) of the next
 /// request in µs under one plain key.
@@ -76,6 +87,12 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil(reset_a
 return { 1, math.floor(slack / interval), -1, reset_after }
 ";
 
+/// Entries a sliding log is filled to, and in a quick run.
+const LOG_SIZES: [u64; 3] = [10_000, 100_000, 1_000_000];
+const QUICK_LOG_SIZES: [u64; 3] = [100, 200, 400];
+/// Decisions timed on each log.
+const LOG_DECISIONS: u64 = 2_000;
+
 /// 1,000/min with a burst of 10^7: never runs out within a run, and every
 /// key keeps its state (one call adds 60 ms of it), as a busy client's does.
 const ALLOWING: Quota = Quota::per_minute(1_000).burst(10_000_000);
@@ -88,14 +105,16 @@ const KEYS: usize = 10_000;
 const TASKS: [usize; 4] = [1, 16, 64, 256];
 const ALGORITHM_TASKS: usize = 16;
 /// Commands a client sends around a run, not part of any decision.
-const CONTROL: [&str; 6] = ["config", "info", "script", "client", "hello", "select"];
+const CONTROL: [&str; 7] = [
+    "config", "info", "script", "function", "client", "hello", "select",
+];
 /// The commands a variant itself sends.
-const TOP_LEVEL: [&str; 3] = ["evalsha", "eval", "ping"];
+const TOP_LEVEL: [&str; 4] = ["fcall", "evalsha", "eval", "ping"];
 
 // ---------------------------------------------------------------------------
 // The crate's policy and decision API, kept to these two functions: `Check`
 // will grow, and only they should need to follow. (Setup also uses
-// `RedisStore::builder`, `script_source` and `redis_key`.)
+// `RedisStore::builder` and `redis_key`.)
 
 /// A policy set from `(name, quota, algorithm)`.
 fn policies(list: &[(&str, Quota, Algorithm)]) -> PolicySet {
@@ -187,6 +206,18 @@ impl Run {
         usec as f64 / calls.max(1) as f64
     }
 
+    /// Calls of the variant's own commands per decision.
+    fn calls_per_decision(&self) -> f64 {
+        let (calls, _) = self.sum(|name| TOP_LEVEL.contains(&name));
+        calls as f64 / self.decisions.max(1) as f64
+    }
+
+    /// Redis µs per decision in the variant's own commands.
+    fn redis_us_per_decision(&self) -> f64 {
+        let (_, usec) = self.sum(|name| TOP_LEVEL.contains(&name));
+        usec as f64 / self.decisions.max(1) as f64
+    }
+
     /// µs per decision in the commands a script called.
     fn nested_us(&self) -> f64 {
         let (_, usec) = self.sum(is_nested);
@@ -219,6 +250,8 @@ fn is_nested(name: &str) -> bool {
 }
 
 struct Settings {
+    /// `BENCH_ONLY`: the names of the variants to run (comma-separated).
+    only: Option<Vec<String>>,
     secs: f64,
     rounds: usize,
     warm_up_secs: f64,
@@ -226,6 +259,13 @@ struct Settings {
 }
 
 impl Settings {
+    /// Whether `BENCH_ONLY` leaves `name` in.
+    fn runs(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == name))
+    }
+
     fn from_env() -> Self {
         let args: Vec<String> = std::env::args().collect();
         // `cargo bench` passes `--bench`; `cargo test` runs us without it.
@@ -236,8 +276,12 @@ impl Settings {
                     .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
             })
         }
+        let only = std::env::var("BENCH_ONLY")
+            .ok()
+            .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
         if quick {
             Self {
+                only,
                 secs: 0.02,
                 rounds: 1,
                 warm_up_secs: 0.01,
@@ -247,6 +291,7 @@ impl Settings {
             let rounds = env("BENCH_ROUNDS", 3);
             assert!(rounds >= 1, "BENCH_ROUNDS must be at least 1");
             Self {
+                only,
                 secs: env("BENCH_SECS", 2.0),
                 rounds,
                 warm_up_secs: 0.5,
@@ -276,6 +321,14 @@ async fn bench(server: &support::RedisServer, settings: &Settings) {
         .connect(&url)
         .await
         .unwrap();
+    // One call per request, every one sent: what the optimisations save.
+    let plain = RedisStore::builder()
+        .timeout(Duration::from_secs(5))
+        .coalesce(false)
+        .denied_cache(0, Duration::ZERO)
+        .connect(&url)
+        .await
+        .unwrap();
     // The same kind of connection the store makes, for the raw commands.
     let raw = client
         .get_connection_manager_with_config(
@@ -288,12 +341,6 @@ async fn bench(server: &support::RedisServer, settings: &Settings) {
     let lean_sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
         .arg(LEAN_GCRA)
-        .query_async(&mut control)
-        .await
-        .unwrap();
-    let _: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(RedisStore::script_source())
         .query_async(&mut control)
         .await
         .unwrap();
@@ -316,6 +363,7 @@ async fn bench(server: &support::RedisServer, settings: &Settings) {
 
     let spread: Arc<[Key]> = (0..KEYS as u64).map(Key::from).collect();
     let hot: Arc<[Key]> = Arc::from([Key::from("hot")]);
+    let hot_plain: Arc<[Key]> = Arc::from([Key::from("hot, one call each")]);
     let blocked: Arc<[Key]> = Arc::from([Key::from("blocked")]);
     let one = policies(&[("minute", ALLOWING, Algorithm::Gcra)]);
     let three = policies(&[
@@ -334,6 +382,11 @@ async fn bench(server: &support::RedisServer, settings: &Settings) {
     let spent = policies(&[("spent", Quota::per_day(1), Algorithm::Gcra)]);
     let decide_on = |set: &PolicySet, keys: &Arc<[Key]>| Op::Decide {
         store: store.clone(),
+        set: set.clone(),
+        keys: Arc::clone(keys),
+    };
+    let plain_on = |set: &PolicySet, keys: &Arc<[Key]>| Op::Decide {
+        store: plain.clone(),
         set: set.clone(),
         keys: Arc::clone(keys),
     };
@@ -370,14 +423,27 @@ async fn bench(server: &support::RedisServer, settings: &Settings) {
         variant("lean GCRA", lean_on(&spread, LEAN_ALLOWING), true),
         variant("PING", Op::Ping { conn: raw.clone() }, true),
         variant("decide hot key", decide_on(&one, &hot), true),
+        variant(
+            "decide hot key, one call each",
+            plain_on(&one, &hot_plain),
+            true,
+        ),
         variant("lean hot key", lean_on(&hot, LEAN_ALLOWING), true),
         variant("decide blocked", decide_on(&spent, &blocked), false),
+        variant(
+            "decide blocked, uncached",
+            plain_on(&spent, &blocked),
+            false,
+        ),
         variant("lean blocked", lean_on(&blocked, LEAN_SPENT), false),
     ];
-    let per_algorithm: Vec<Arc<Variant>> = Algorithm::RATES
+    let mut per_algorithm: Vec<Arc<Variant>> = Algorithm::ALL
         .iter()
         .map(|&a| variant(a.as_str(), decide_on(&algorithm_set(a), &spread), true))
         .collect();
+    let mut main = main.to_vec();
+    main.retain(|v| settings.runs(&v.name));
+    per_algorithm.retain(|v| settings.runs(&v.name));
 
     // Loads the scripts' code paths, creates the keys' state and spends
     // the blocked keys' one unit.
@@ -391,20 +457,17 @@ async fn bench(server: &support::RedisServer, settings: &Settings) {
     }
     let algorithms = rounds(&mut control, &per_algorithm, ALGORITHM_TASKS, settings).await;
 
-    print_main(&main, &results);
-    print_ratios(&main, &results);
-    print_nested(&main, &results[1], TASKS[1]);
-    print_algorithms(&per_algorithm, &algorithms);
-    let log_key = store.redis_key(&spread[0], &algorithm_set(Algorithm::SlidingWindowLog), 0);
-    let entries: u64 = redis::cmd("LLEN")
-        .arg(&log_key)
-        .query_async(&mut control)
-        .await
-        .unwrap_or(0);
-    println!(
-        "\nsliding_window_log: key {log_key:?} holds {entries} log entries at the end \
-         (its cost grows with the requests in one window)."
-    );
+    if !main.is_empty() {
+        print_main(&main, &results);
+        print_ratios(&main, &results);
+        print_nested(&main, &results[1], TASKS[1]);
+    }
+    if !per_algorithm.is_empty() {
+        print_algorithms(&per_algorithm, &algorithms);
+    }
+    if settings.runs("sliding log") {
+        sliding_log(&url, &mut control, settings).await;
+    }
 }
 
 /// One policy of algorithm `a` over a minute that never runs out.
@@ -414,6 +477,9 @@ fn algorithm_set(a: Algorithm) -> PolicySet {
         Algorithm::FixedWindow | Algorithm::SlidingWindowLog | Algorithm::SlidingWindowCounter => {
             Quota::per_minute(1_000_000_000)
         }
+        // In flight at most; every call holds the same lease (id 0), so a
+        // key never fills.
+        Algorithm::Concurrency => Quota::per_minute(100_000),
         _ => ALLOWING,
     };
     policies(&[(a.as_str(), quota, a)])
@@ -699,15 +765,18 @@ fn print_main(variants: &[Arc<Variant>], results: &[Vec<Vec<Run>>]) {
         false,
     );
     print_table(
-        "Redis CPU per call, µs (`usec_per_call` of `cmd`; `nested`: the part in \
-         the script's redis.call()s; `server`: Redis main thread CPU, I/O \
-         included; `client`: this process)",
+        "Redis CPU, µs (`usec_per_call` of `cmd`; `calls`: its calls per decision; \
+         `redis/dec`: its µs per decision; `nested`: the part in the script's \
+         redis.call()s, per decision; `server`: Redis main thread CPU per decision, \
+         I/O included; `client`: this process, per decision)",
         &[
             "variant",
             "tasks",
             "cmd",
             "usec_per_call",
             "",
+            "calls",
+            "redis/dec",
             "nested",
             "server cpu",
             "",
@@ -716,6 +785,11 @@ fn print_main(variants: &[Arc<Variant>], results: &[Vec<Vec<Run>>]) {
         &rows(&|runs| {
             let mut row = vec![runs[0].top_level()];
             row.extend(stat(pick(runs, Run::redis_us), micros));
+            row.push(ratio(median_of(&mut pick(runs, Run::calls_per_decision))));
+            row.push(micros(median_of(&mut pick(
+                runs,
+                Run::redis_us_per_decision,
+            ))));
             row.push(micros(median_of(&mut pick(runs, Run::nested_us))));
             row.extend(stat(pick(runs, |r| r.server_cpu_us), micros));
             row.push(if runs.iter().all(|r| r.client_cpu_us.is_some()) {
@@ -736,7 +810,8 @@ fn print_ratios(variants: &[Arc<Variant>], results: &[Vec<Vec<Run>>]) {
     let rate: Metric = |r| r.rate;
     let redis: Metric = Run::redis_us;
     let server: Metric = |r| r.server_cpu_us;
-    let lines: [(&str, &str, &str, Metric); 9] = [
+    let per_decision: Metric = Run::redis_us_per_decision;
+    let lines: [(&str, &str, &str, Metric); 13] = [
         (
             "decide ÷ lean, decisions/s",
             "decide 1 policy",
@@ -756,16 +831,34 @@ fn print_ratios(variants: &[Arc<Variant>], results: &[Vec<Vec<Run>>]) {
             server,
         ),
         (
+            "3 policies ÷ 1 policy, usec_per_call",
+            "decide 3 policies",
+            "decide 1 policy",
+            redis,
+        ),
+        (
             "hot key: decide ÷ lean, decisions/s",
             "decide hot key",
             "lean hot key",
             rate,
         ),
         (
-            "hot key: decide ÷ lean, usec_per_call",
+            "hot key: decide ÷ one call each, decisions/s",
+            "decide hot key",
+            "decide hot key, one call each",
+            rate,
+        ),
+        (
+            "hot key: decide ÷ lean, Redis µs/decision",
             "decide hot key",
             "lean hot key",
-            redis,
+            per_decision,
+        ),
+        (
+            "hot key: decide ÷ lean, server cpu",
+            "decide hot key",
+            "lean hot key",
+            server,
         ),
         (
             "blocked: decide ÷ lean, decisions/s",
@@ -774,16 +867,16 @@ fn print_ratios(variants: &[Arc<Variant>], results: &[Vec<Vec<Run>>]) {
             rate,
         ),
         (
-            "blocked: decide ÷ lean, usec_per_call",
+            "blocked: decide ÷ uncached, decisions/s",
             "decide blocked",
-            "lean blocked",
-            redis,
+            "decide blocked, uncached",
+            rate,
         ),
         (
-            "3 policies ÷ 1 policy, usec_per_call",
-            "decide 3 policies",
-            "decide 1 policy",
-            redis,
+            "blocked: decide ÷ lean, Redis µs/decision",
+            "decide blocked",
+            "lean blocked",
+            per_decision,
         ),
         (
             "decide ÷ PING, decisions/s",
@@ -791,11 +884,19 @@ fn print_ratios(variants: &[Arc<Variant>], results: &[Vec<Vec<Run>>]) {
             "PING",
             rate,
         ),
+        (
+            "hot key: decide ÷ PING, decisions/s",
+            "decide hot key",
+            "PING",
+            rate,
+        ),
     ];
-    let index = |name: &str| variants.iter().position(|v| v.name == name).unwrap();
+    let index = |name: &str| variants.iter().position(|v| v.name == name);
     let mut rows = Vec::new();
     for (name, a, b, metric) in lines {
-        let (a, b) = (index(a), index(b));
+        let (Some(a), Some(b)) = (index(a), index(b)) else {
+            continue;
+        };
         let mut row = vec![name.to_owned()];
         for by_variant in results {
             let per_round = by_variant[a]
@@ -908,4 +1009,170 @@ fn print_algorithms(variants: &[Arc<Variant>], by_variant: &[Vec<Run>]) {
         &rows,
         false,
     );
+}
+
+// ---------------------------------------------------------------------------
+// Sliding log: what a decision costs on a long log.
+
+/// Fills one key's sliding log to each of [`LOG_SIZES`] entries, one per
+/// µs, and times decisions on it: admitted with nothing expiring (the log
+/// grows by one), and admitted a day later while the oldest entry expires
+/// at every request. In Redis (`FCALL` µs from `INFO commandstats`) and in
+/// memory (ns per decision, one thread).
+async fn sliding_log(url: &str, control: &mut MultiplexedConnection, settings: &Settings) {
+    let sizes = if settings.quick {
+        QUICK_LOG_SIZES
+    } else {
+        LOG_SIZES
+    };
+    let quota = Quota::per_day(2_000_000);
+    let set = policies(&[("log", quota, Algorithm::SlidingWindowLog)]);
+    let day = 86_400_000_000_u64;
+    let start = 1_763_800_000_000_000_u64;
+    // Calls go one after another in order: no coalescing, no cache.
+    let redis = RedisStore::builder()
+        .timeout(Duration::from_secs(30))
+        .coalesce(false)
+        .denied_cache(0, Duration::ZERO)
+        .connect(url)
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        let key = Key::from(format!("log-{n}"));
+        let filled = Instant::now();
+        // The first alone (it may load the function, and a reload must not
+        // reorder what follows), then pipelined in order, a window at a
+        // time: smaller than redis-rs's send queue (50), which does not keep
+        // the order of senders that wait for room.
+        let first = redis.decide(Check::new(&key, &set, 1).at_micros(Some(start)));
+        assert!(first.await.unwrap().is_allowed());
+        for chunk in (1..n).collect::<Vec<_>>().chunks(32) {
+            let calls = chunk
+                .iter()
+                .map(|&i| redis.decide(Check::new(&key, &set, 1).at_micros(Some(start + i))));
+            for d in in_order(calls.collect()).await {
+                let d = d.unwrap();
+                assert!(d.is_allowed(), "{d:?}");
+            }
+        }
+        let fill_secs = filled.elapsed().as_secs_f64();
+        let (grow_us, grow_wall) = timed_log(&redis, control, &key, &set, start + n + 1).await;
+        let (expire_us, expire_wall) = timed_log(&redis, control, &key, &set, start + day).await;
+        let length: u64 = redis::cmd("LLEN")
+            .arg(redis.redis_key(&key, &set, 0))
+            .query_async(&mut *control)
+            .await
+            .unwrap();
+        let (grow_ns, expire_ns) = memory_log(&set, n, start, day);
+        rows.push(vec![
+            n.to_string(),
+            format!("{fill_secs:.1}"),
+            micros(grow_us),
+            micros(grow_wall),
+            micros(expire_us),
+            micros(expire_wall),
+            length.to_string(),
+            format!("{grow_ns:.0}"),
+            format!("{expire_ns:.0}"),
+        ]);
+    }
+    print_table(
+        &format!(
+            "Sliding log, one key, limit 2,000,000 a day: a decision on a log of n entries \
+             ({LOG_DECISIONS} decisions each; `grow`: admitted, nothing expires; `expire`: a day \
+             later, admitted while the oldest entry expires at each request)"
+        ),
+        &[
+            "entries",
+            "fill s",
+            "Redis grow µs",
+            "wall µs",
+            "Redis expire µs",
+            "wall µs",
+            "list length after",
+            "memory grow ns",
+            "memory expire ns",
+        ],
+        &rows,
+        false,
+    );
+}
+
+/// [`LOG_DECISIONS`] admitted decisions from `from` on, 1 µs apart: Redis's
+/// µs per `FCALL`, and the wall time per decision.
+async fn timed_log(
+    redis: &RedisStore,
+    control: &mut MultiplexedConnection,
+    key: &Key,
+    set: &PolicySet,
+    from: u64,
+) -> (f64, f64) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(control)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    for j in 0..LOG_DECISIONS {
+        let d = redis
+            .decide(Check::new(key, set, 1).at_micros(Some(from + j)))
+            .await
+            .unwrap();
+        assert!(d.is_allowed());
+    }
+    let wall = t.elapsed().as_secs_f64() * 1e6 / LOG_DECISIONS as f64;
+    let stats = info(control, "commandstats").await;
+    let usec = stats
+        .get("cmdstat_fcall")
+        .and_then(|v| {
+            v.split(',')
+                .find_map(|kv| kv.strip_prefix("usec_per_call="))
+        })
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(f64::NAN);
+    (usec, wall)
+}
+
+/// The same in the memory store: ns per decision.
+fn memory_log(set: &PolicySet, n: u64, start: u64, day: u64) -> (f64, f64) {
+    let store = MemoryStore::new();
+    let key = Key::from("log");
+    for i in 0..n {
+        let d = store.decide_now(Check::new(&key, set, 1).at_micros(Some(start + i)));
+        assert!(d.is_allowed());
+    }
+    let timed = |from: u64| {
+        let t = Instant::now();
+        for j in 0..LOG_DECISIONS {
+            let d = store.decide_now(Check::new(&key, set, 1).at_micros(Some(from + j)));
+            assert!(d.is_allowed());
+        }
+        t.elapsed().as_secs_f64() * 1e9 / LOG_DECISIONS as f64
+    };
+    (timed(start + n + 1), timed(start + day))
+}
+
+/// Polls `futures` in order, so their commands leave in that order, until
+/// all are done; their outputs in order.
+async fn in_order<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
+    let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futures.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match std::pin::Pin::new(&mut *f).poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(Option::unwrap).collect()
 }

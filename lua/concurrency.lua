@@ -1,12 +1,13 @@
--- Concurrency: at most `limit` units in flight. State: a sorted set of
+-- Concurrency: at most `limit` units in flight. Stored: a sorted set of
 -- leases scored by when they run out (µs); a holder of cost c has the c
 -- members "<lease>:1" .. "<lease>:c". Holders renew their leases while they
 -- run, so the units of a holder that vanished come back when its lease
--- runs out. `p.period` is the lease.
+-- runs out. Parameters: limit, lease (µs).
+--
+-- State: the units held `n`, and the holders admitted by this call
+-- (`adds`: lease id, cost, ...). The view is `n`.
 
-local CONC = {}
-
-function CONC.load(key, p, now, writes)
+local function conc_load(key, limit, lease, now, writes)
   local n
   if writes then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now))
@@ -14,82 +15,72 @@ function CONC.load(key, p, now, writes)
   else
     n = redis.call('ZCOUNT', key, '(' .. int(now), '+inf')
   end
-  return { n = n, add = 0 }, n > 0
+  return n, n, false
 end
 
-function CONC.earliest(s, p, now, cost)
-  if cost > p.limit then return NEVER, 0 end
-  if s.n + cost <= p.limit then return AT, now end
+local function conc_earliest(n, adds, limit, lease, now, cost)
+  if cost > limit then return NEVER, 0 end
+  if n + cost <= limit then return AT, now end
   return BUSY, 0
 end
 
-function CONC.commit(s, p, t, cost)
-  s.n = s.n + cost
-  s.add = cost
+local function conc_commit(n, adds, limit, lease, at, cost, holder)
+  if not adds then adds = {} end
+  adds[#adds + 1] = holder
+  adds[#adds + 1] = cost
+  return n + cost, adds
 end
 
-function CONC.remaining(s, p, now)
-  return max(p.limit - s.n, 0)
-end
-
--- Held units are never "full again" at a known time.
-function CONC.full_at(s, p)
-  return -1
-end
-
-local function members(lease, cost)
-  local m = {}
-  for k = 1, cost do m[k] = lease .. ':' .. k end
-  return m
-end
-
--- The key lives as long as its newest lease.
-local function expire_with_lease(key, p)
-  redis.call('PEXPIRE', key, div_ceil(p.period, 1000) + 1)
-end
-
--- ZADD / ZREM with many members, in chunks Lua's unpack can take.
-local function each_chunk(m, f)
-  for i = 1, #m, 1000 do
-    f({ unpack(m, i, math.min(i + 999, #m)) })
+-- ZADD / ZREM with `cost` members of `holder` in chunks Lua's unpack can
+-- take.
+local function conc_each(holder, cost, f)
+  for first = 1, cost, 1000 do
+    local last = math.min(first + 999, cost)
+    local m = {}
+    for k = first, last do m[#m + 1] = holder .. ':' .. k end
+    f(m)
   end
 end
 
-function CONC.save(key, s, p, now)
-  if s.add == 0 then return end
-  local expiry = int(now + p.period)
-  each_chunk(members(p.lease, s.add), function(chunk)
-    local args = {}
-    for j = 1, #chunk do
-      args[#args + 1] = expiry
-      args[#args + 1] = chunk[j]
-    end
-    redis.call('ZADD', key, unpack(args))
-  end)
-  expire_with_lease(key, p)
+-- The key lives as long as its newest lease.
+local function conc_expire(key, lease)
+  redis.call('PEXPIRE', key, div_ceil(lease, 1000) + 1 + ttl_slack)
 end
 
-function CONC.release(key, p, cost)
-  each_chunk(members(p.lease, cost), function(chunk)
-    redis.call('ZREM', key, unpack(chunk))
+local function conc_save(key, n, adds, limit, lease, now)
+  local expiry = int(now + lease)
+  for i = 1, #adds, 2 do
+    conc_each(adds[i], adds[i + 1], function(m)
+      local args = {}
+      for j = 1, #m do
+        args[#args + 1] = expiry
+        args[#args + 1] = m[j]
+      end
+      redis.call('ZADD', key, unpack(args))
+    end)
+  end
+  conc_expire(key, lease)
+end
+
+local function conc_release(key, limit, lease, holder, cost)
+  conc_each(holder, cost, function(m)
+    redis.call('ZREM', key, unpack(m))
   end)
 end
 
 -- Extends a live lease; false when it is gone.
-function CONC.renew(key, p, now, cost)
-  local first = redis.call('ZSCORE', key, p.lease .. ':1')
+local function conc_renew(key, limit, lease, now, holder, cost)
+  local first = redis.call('ZSCORE', key, holder .. ':1')
   if not first or tonumber(first) <= now then return false end
-  local expiry = int(now + p.period)
-  each_chunk(members(p.lease, cost), function(chunk)
+  local expiry = int(now + lease)
+  conc_each(holder, cost, function(m)
     local args = { 'XX' }
-    for j = 1, #chunk do
+    for j = 1, #m do
       args[#args + 1] = expiry
-      args[#args + 1] = chunk[j]
+      args[#args + 1] = m[j]
     end
     redis.call('ZADD', key, unpack(args))
   end)
-  expire_with_lease(key, p)
+  conc_expire(key, lease)
   return true
 end
-
-ALG[8] = CONC

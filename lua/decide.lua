@@ -1,110 +1,69 @@
--- Decides one request against every policy, all or nothing.
+-- The body of a decision script. RedisStore writes one for each shape of
+-- request (src/store/redis/script.rs); below is the one for a policy set of
+-- a GCRA policy and a fixed window, asked to acquire in reject mode. A unit
+-- test checks that it is exactly what the generator writes.
 --
 -- KEYS[i]: policy i's state for the request's key (all in one hash slot).
--- ARGV[1]: the time in microseconds, or "" for the server's TIME.
--- ARGV[2]: what is asked: a = acquire, p = peek (decide, write nothing),
--- r = release the lease's units, n = renew the lease, x = reset the key.
--- ARGV[3]: the cost. ARGV[4]: the longest wait in microseconds, or -1 for
--- reject mode. ARGV[5]: the lease id concurrency policies hold units
--- under. Then six per policy: algorithm id, limit, period (µs), burst,
--- unit, drain.
+-- ARGV: the time in microseconds, when it is given (else the server's
+-- TIME); every policy's parameters, packed in one argument ('>d' each, in
+-- the order its family lists them); then per request, in arrival order:
+-- its cost, its longest wait in microseconds (wait mode only) and its lease
+-- id (policy sets with a concurrency policy only).
 --
--- Returns { now, allowed (1/0), slot time (-1 for never), then per policy:
--- slot kind, slot time, remaining, full_at (-1 when it holds no state) }.
+-- Returns { now, view_1, .., view_n, flags.. }: view_i is policy i's state
+-- as read (before the requests), and the flags say which requests were
+-- admitted, 48 to a number, the first request the highest bit of the first
+-- number (they stay exact in a double). The crate decides every request from
+-- the views, with the algorithms the memory store uses, so both stores
+-- answer field for field alike, and checks that it admits what the script
+-- admitted.
+--
+-- Requests are decided one after another, each all or nothing: a request
+-- is admitted at the latest of its policies' slots, if none says never,
+-- none is full, and that slot is within its wait; then every policy is
+-- charged. A batch of requests is exactly those requests decided one by one
+-- at the same time. Releases, renewals and resets have bodies of their own.
 
-local now
-if ARGV[1] ~= '' then
-  now = tonumber(ARGV[1])
-else
-  local time = redis.call('TIME')
-  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
-end
-local op = ARGV[2]
-local cost = tonumber(ARGV[3])
-local max_wait = tonumber(ARGV[4])
-local shaping = max_wait >= 0
-if max_wait < 0 then max_wait = 0 end
-
-local n = #KEYS
-local params = {}
-for i = 1, n do
-  local b = 5 + (i - 1) * 6
-  local p = {
-    id = tonumber(ARGV[b + 1]),
-    limit = tonumber(ARGV[b + 2]),
-    period = tonumber(ARGV[b + 3]),
-    burst = tonumber(ARGV[b + 4]),
-    unit = tonumber(ARGV[b + 5]),
-    drain = tonumber(ARGV[b + 6]),
-  }
-  p.shapes = p.id == 4
-  p.lease = ARGV[5]
-  if not ALG[p.id] then return redis.error_reply('tower-ratelimit: unknown algorithm id ' .. ARGV[b + 1]) end
-  params[i] = p
-end
-
--- Releases, renewals and resets change what they name, then answer as a
--- check of cost 0 would.
-local renewed = true
-if op == 'x' then
-  for i = 1, n do redis.call('DEL', KEYS[i]) end
-elseif op == 'r' or op == 'n' then
-  for i = 1, n do
-    local alg = ALG[params[i].id]
-    if op == 'r' and alg.release then alg.release(KEYS[i], params[i], cost) end
-    if op == 'n' and alg.renew then
-      renewed = alg.renew(KEYS[i], params[i], now, cost) and renewed
+-- The body for a GCRA policy and a fixed window, acquire, reject mode:
+-- Decides the requests in order, each against every policy, all or
+-- nothing (lua/decide.lua explains the arguments and the reply).
+local time = redis.call('TIME')
+local now = time[1] * 1000000 + time[2]
+ttl_slack = 0
+local burst1, unit1, drain1, limit2, period2 = struct.unpack('>ddddd', ARGV[1])
+local out = { now, false, false }
+local raw = redis.call('MGET', KEYS[1], KEYS[2])
+local l1, t1
+out[2], l1, t1 = level_load(raw[1], burst1, unit1, drain1, now)
+local w2, c2
+out[3], w2, c2 = fixed_load(raw[2], limit2, period2, now)
+local flags, bits, changed = 0, 0, false
+for j = 2, #ARGV do
+  local cost = tonumber(ARGV[j])
+  local at, ok = now, true
+  if cost > 0 then
+    local kind, slot
+    kind, slot = level_earliest(l1, t1, burst1, unit1, drain1, now, cost)
+    if kind == NEVER then ok = false elseif slot > at then at = slot end
+    kind, slot = fixed_earliest(w2, c2, limit2, period2, now, cost)
+    if kind == NEVER then ok = false elseif slot > at then at = slot end
+    if at > now then ok = false end
+  end
+  flags = flags * 2
+  if ok then
+    flags = flags + 1
+    if cost > 0 then
+      l1, t1 = level_commit(l1, t1, burst1, unit1, drain1, at, cost)
+      w2, c2 = fixed_commit(w2, c2, limit2, period2, at, cost)
+      changed = true
     end
   end
+  bits = bits + 1
+  if bits == 48 then out[#out + 1] = flags; flags, bits = 0, 0 end
 end
-local writes = op == 'a'
-if op ~= 'a' and op ~= 'p' then cost = 0 end
-
-local states, existed, kinds, slots = {}, {}, {}, {}
-for i = 1, n do
-  local p = params[i]
-  local alg = ALG[p.id]
-  states[i], existed[i] = alg.load(KEYS[i], p, now, writes)
-  if cost == 0 then
-    kinds[i], slots[i] = AT, now
-  else
-    kinds[i], slots[i] = alg.earliest(states[i], p, now, cost, shaping)
-  end
+if changed then
+  level_save(KEYS[1], l1, t1, burst1, unit1, drain1, now)
+  fixed_save(KEYS[2], w2, c2, limit2, period2, now)
 end
-
--- The slot for all policies is the latest of theirs.
-local at, never, blocked = now, false, false
-for i = 1, n do
-  if kinds[i] == NEVER then
-    never = true
-  else
-    if kinds[i] == QUEUE_FULL or kinds[i] == BUSY then blocked = true end
-    if kinds[i] ~= BUSY then at = max(at, slots[i]) end
-  end
-end
-local allowed = not never and not blocked and at - now <= max_wait
-
-if writes and allowed and cost > 0 then
-  for i = 1, n do
-    local alg = ALG[params[i].id]
-    alg.commit(states[i], params[i], at, cost)
-    alg.save(KEYS[i], states[i], params[i], now)
-    existed[i] = true
-  end
-end
-if not renewed then allowed = false end
-
-local out = { now, allowed and 1 or 0, never and -1 or at }
-for i = 1, n do
-  local alg, p = ALG[params[i].id], params[i]
-  out[#out + 1] = kinds[i]
-  out[#out + 1] = slots[i]
-  if existed[i] then
-    out[#out + 1] = alg.remaining(states[i], p, now)
-    out[#out + 1] = alg.full_at(states[i], p)
-  else
-    out[#out + 1] = p.burst
-    out[#out + 1] = -1
-  end
-end
+if bits > 0 then out[#out + 1] = flags end
 return out

@@ -1,49 +1,32 @@
 -- The fixed window: at most `limit` per window [w*period, (w+1)*period).
 -- State: the latest window `w` holding admissions (ahead of now after a
 -- wait-mode reservation) and its count `c`.
+--
+-- Stored: '>dd' (w, c). Parameters: limit, period.
 
-local FIXED = {}
-
-function FIXED.load(key, p, now)
-  local v = redis.call('HMGET', key, 'w', 'c')
-  if not v[1] then return { w = idiv(now, p.period), c = 0 }, false end
-  return { w = tonumber(v[1]), c = tonumber(v[2]) }, true
+local function fixed_load(raw, limit, period, now)
+  if not raw then return false, idiv(now, period), 0 end
+  local w, c = struct.unpack('>dd', raw)
+  return raw, w, c
 end
 
-function FIXED.earliest(s, p, now, cost)
-  if cost > p.limit then return NEVER, 0 end
-  local current = idiv(now, p.period)
-  local t0, w = now, current
-  if s.w > current then t0, w = s.w * p.period, s.w end
+local function fixed_earliest(w, c, limit, period, now, cost)
+  if cost > limit then return NEVER, 0 end
+  local current = idiv(now, period)
+  local t0, at_w = now, current
+  if w > current then t0, at_w = w * period, w end
   local count = 0
-  if w == s.w then count = s.c end
-  if count + cost <= p.limit then return AT, t0 end
-  return AT, (w + 1) * p.period
+  if at_w == w then count = c end
+  if count + cost <= limit then return AT, t0 end
+  return AT, (at_w + 1) * period
 end
 
-function FIXED.commit(s, p, t, cost)
-  local w = idiv(t, p.period)
-  if w == s.w then
-    s.c = s.c + cost
-  else
-    s.w, s.c = w, cost
-  end
+local function fixed_commit(w, c, limit, period, at, cost)
+  local at_w = idiv(at, period)
+  if at_w == w then return w, c + cost end
+  return at_w, cost
 end
 
-function FIXED.remaining(s, p, now)
-  local current = idiv(now, p.period)
-  if s.w > current then return 0 end
-  if s.w == current then return max(p.limit - s.c, 0) end
-  return p.limit
+local function fixed_save(key, w, c, limit, period, now)
+  redis.call('SET', key, struct.pack('>dd', w, c), 'PX', ttl_ms((w + 1) * period, now))
 end
-
-function FIXED.full_at(s, p)
-  return (s.w + 1) * p.period
-end
-
-function FIXED.save(key, s, p, now)
-  redis.call('HSET', key, 'w', int(s.w), 'c', int(s.c))
-  expire_at_full(key, FIXED.full_at(s, p), now)
-end
-
-ALG[5] = FIXED

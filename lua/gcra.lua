@@ -1,61 +1,43 @@
 -- GCRA in its continuous-state form: the level `l` (in ticks) at time `t`.
 -- One unit is `unit` ticks; the bucket holds `burst * unit` ticks and drains
 -- `drain` ticks per microsecond. Also serves the greedy token bucket, and
--- the leaky bucket, which adds shaping in wait mode.
+-- the leaky bucket (which shapes in wait mode: leaky_bucket.lua).
+--
+-- Stored: '>dd' (l, t). Parameters: burst, unit, drain.
 
-local LEVEL = {}
-
-function LEVEL.load(key, p, now)
-  local v = redis.call('HMGET', key, 'l', 't')
-  if not v[1] then return { l = 0, t = now }, false end
-  return { l = tonumber(v[1]), t = tonumber(v[2]) }, true
+local function level_load(raw, burst, unit, drain, now)
+  if not raw then return false, 0, now end
+  local l, t = struct.unpack('>dd', raw)
+  return raw, l, t
 end
 
-local function level_at(s, p, t)
-  local elapsed = t - s.t
-  if elapsed < 0 then elapsed = 0 end
-  if elapsed >= div_ceil(s.l, p.drain) then return 0 end
-  return s.l - elapsed * p.drain
+-- The level at `at`; before `t` (a reservation ahead, or a clock that
+-- stepped back) nothing has drained yet.
+local function level_at(l, t, drain, at)
+  local elapsed = at - t
+  if elapsed <= 0 then return l end
+  -- elapsed >= ceil(l / drain), without dividing
+  if elapsed * drain >= l then return 0 end
+  return l - elapsed * drain
 end
 
-function LEVEL.earliest(s, p, now, cost, shaping)
-  if cost > p.burst then return NEVER, 0 end
-  local capacity = p.burst * p.unit
-  local need = cost * p.unit
-  local t0 = max(now, s.t)
-  local l = level_at(s, p, t0)
-  if shaping and p.shapes then
-    -- Slots are whole microseconds, so one queued unit takes
-    -- ceil(period / limit) of them; the queue holds `burst` units.
-    local slot = t0 + div_ceil(l, p.drain)
-    local room = (p.burst - cost) * div_ceil(p.unit, p.drain)
-    if slot - now > room then return QUEUE_FULL, slot - room end
-    return AT, slot
-  end
-  local excess = l + need - capacity
+local function level_earliest(l, t, burst, unit, drain, now, cost)
+  if cost > burst then return NEVER, 0 end
+  -- Nobody goes ahead of a reservation already made.
+  local t0 = now
+  if t > t0 then t0 = t end
+  local excess = level_at(l, t, drain, t0) + (cost - burst) * unit
   if excess <= 0 then return AT, t0 end
-  return AT, t0 + div_ceil(excess, p.drain)
+  return AT, t0 + div_ceil(excess, drain)
 end
 
-function LEVEL.commit(s, p, t, cost)
-  s.l = level_at(s, p, t) + cost * p.unit
-  s.t = max(s.t, t)
+local function level_commit(l, t, burst, unit, drain, at, cost)
+  l = level_at(l, t, drain, at) + cost * unit
+  if at > t then t = at end
+  return l, t
 end
 
-function LEVEL.remaining(s, p, now)
-  if s.t > now then return 0 end
-  local left = p.burst * p.unit - level_at(s, p, now)
-  if left < 0 then return 0 end
-  return idiv(left, p.unit)
+local function level_save(key, l, t, burst, unit, drain, now)
+  local full_at = t + div_ceil(l, drain)
+  redis.call('SET', key, struct.pack('>dd', l, t), 'PX', ttl_ms(full_at, now))
 end
-
-function LEVEL.full_at(s, p)
-  return s.t + div_ceil(s.l, p.drain)
-end
-
-function LEVEL.save(key, s, p, now)
-  redis.call('HSET', key, 'l', int(s.l), 't', int(s.t))
-  expire_at_full(key, LEVEL.full_at(s, p), now)
-end
-
-ALG[1] = LEVEL

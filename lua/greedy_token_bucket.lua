@@ -1,2 +1,2 @@
--- The token bucket with continuous ("greedy") refill is GCRA's bucket.
-ALG[3] = LEVEL
+-- The token bucket with continuous ("greedy") refill is GCRA's bucket: its
+-- scripts use gcra.lua. This file holds no code.

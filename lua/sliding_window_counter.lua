@@ -1,79 +1,55 @@
 -- The sliding window counter: counts per fixed window; a request at t fits
 -- when prev * (1 - elapsed/period) + curr + cost <= limit. The weight is
--- measured in steps of max(1, ceil(period / 2^20)) microseconds, rounding
--- toward counting more of the previous window. State: the latest window
--- `w` with admissions, its count `c`, the window before's `p`, and the time
--- of the latest admission `t`.
+-- measured in `n` steps of `step` microseconds (step = max(1, ceil(period /
+-- 2^20)), n = ceil(period / step), computed by the crate), rounding toward
+-- counting more of the previous window. State: the latest window `w` with
+-- admissions, its count `c`, the window before's `prev`, and the time of
+-- the latest admission `tail`.
+--
+-- Stored: '>dddd' (w, c, prev, tail). Parameters: limit, period, step, n.
 
-local COUNTER = {}
-
-local function steps(period)
-  local step = div_ceil(period, 1048576)
-  if step < 1 then step = 1 end
-  return step, div_ceil(period, step)
+local function counter_load(raw, limit, period, step, n, now)
+  if not raw then return false, idiv(now, period), 0, 0, 0 end
+  local w, c, prev, tail = struct.unpack('>dddd', raw)
+  return raw, w, c, prev, tail
 end
 
-function COUNTER.load(key, p, now)
-  local v = redis.call('HMGET', key, 'w', 'c', 'p', 't')
-  if not v[1] then return { w = idiv(now, p.period), c = 0, p = 0, t = 0 }, false end
-  return { w = tonumber(v[1]), c = tonumber(v[2]), p = tonumber(v[3]), t = tonumber(v[4]) }, true
-end
-
--- (previous, current) counts as seen from window w.
-local function counts(s, w)
-  if w == s.w then return s.p, s.c end
-  if w == s.w + 1 then return s.c, 0 end
+-- (previous, current) counts as seen from window `at_w`.
+local function counter_counts(w, c, prev, at_w)
+  if at_w == w then return prev, c end
+  if at_w == w + 1 then return c, 0 end
   return 0, 0
 end
 
-function COUNTER.earliest(s, p, now, cost)
-  if cost > p.limit then return NEVER, 0 end
-  local step, n = steps(p.period)
-  local from = max(now, s.t)
+local function counter_earliest(w, c, prev, tail, limit, period, step, n, now, cost)
+  if cost > limit then return NEVER, 0 end
+  local from = max(now, tail)
+  -- At most three windows: by the third both counts are zero.
   for _ = 1, 3 do
-    local w = idiv(from, p.period)
-    local start = w * p.period
-    local prev, curr = counts(s, w)
-    if curr + cost <= p.limit then
-      local room = p.limit - curr - cost
+    local at_w = idiv(from, period)
+    local start = at_w * period
+    local before, curr = counter_counts(w, c, prev, at_w)
+    if curr + cost <= limit then
+      local room = limit - curr - cost
       local t = from
-      if prev > room then
-        local k = n - idiv(room * n, prev)
+      if before > room then
+        -- before * (n - k) <= room * n  <=>  k >= n - floor(room * n / before)
+        local k = n - idiv(room * n, before)
         t = max(from, start + k * step)
       end
-      if t < start + p.period then return AT, t end
+      if t < start + period then return AT, t end
     end
-    from = start + p.period
+    from = start + period
   end
   return AT, from
 end
 
-function COUNTER.commit(s, p, t, cost)
-  local w = idiv(t, p.period)
-  local prev, curr = counts(s, w)
-  s.w = max(w, s.w)
-  s.c = curr + cost
-  s.p = prev
-  s.t = max(s.t, t)
+local function counter_commit(w, c, prev, tail, limit, period, step, n, at, cost)
+  local at_w = idiv(at, period)
+  local before, curr = counter_counts(w, c, prev, at_w)
+  return max(at_w, w), curr + cost, before, max(tail, at)
 end
 
-function COUNTER.remaining(s, p, now)
-  if s.t > now then return 0 end
-  local step, n = steps(p.period)
-  local w = idiv(now, p.period)
-  local prev, curr = counts(s, w)
-  local k = idiv(now - w * p.period, step)
-  local weighted = div_ceil(prev * (n - k), n)
-  return max(p.limit - curr - weighted, 0)
+local function counter_save(key, w, c, prev, tail, limit, period, step, n, now)
+  redis.call('SET', key, struct.pack('>dddd', w, c, prev, tail), 'PX', ttl_ms((w + 2) * period, now))
 end
-
-function COUNTER.full_at(s, p)
-  return (s.w + 2) * p.period
-end
-
-function COUNTER.save(key, s, p, now)
-  redis.call('HSET', key, 'w', int(s.w), 'c', int(s.c), 'p', int(s.p), 't', int(s.t))
-  expire_at_full(key, COUNTER.full_at(s, p), now)
-end
-
-ALG[7] = COUNTER

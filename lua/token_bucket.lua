@@ -2,56 +2,42 @@
 -- `burst`. State: tokens `k` (below zero for wait-mode reservations) at the
 -- last refill boundary `a`. A full bucket does not tick: its refill clock
 -- restarts when it is first drawn from.
+--
+-- Stored: '>dd' (k, a). Parameters: limit, period, burst.
 
-local BUCKET = {}
-
-function BUCKET.load(key, p, now)
-  local v = redis.call('HMGET', key, 'k', 'a')
-  if not v[1] then return { k = p.burst, a = now }, false end
-  return { k = tonumber(v[1]), a = tonumber(v[2]) }, true
+local function bucket_load(raw, limit, period, burst, now)
+  if not raw then return false, burst, now end
+  local k, a = struct.unpack('>dd', raw)
+  return raw, k, a
 end
 
 -- The bucket at `t`, refills due by then added.
-local function bucket_at(s, p, t)
-  if t < s.a then return { k = s.k, a = s.a } end
-  local steps = idiv(t - s.a, p.period)
-  local missing = p.burst - s.k
+local function bucket_at(k, a, limit, period, burst, t)
+  if t < a then return k, a end
+  local steps = idiv(t - a, period)
+  local missing = burst - k
   if missing < 0 then missing = 0 end
-  if steps >= div_ceil(missing, p.limit) then return { k = p.burst, a = t } end
-  return { k = s.k + steps * p.limit, a = s.a + steps * p.period }
+  if steps >= div_ceil(missing, limit) then return burst, t end
+  return k + steps * limit, a + steps * period
 end
 
-function BUCKET.earliest(s, p, now, cost)
-  if cost > p.burst then return NEVER, 0 end
-  local t0 = max(now, s.a)
-  local b = bucket_at(s, p, t0)
-  local short = cost - b.k
+local function bucket_earliest(k, a, limit, period, burst, now, cost)
+  if cost > burst then return NEVER, 0 end
+  local t0 = max(now, a)
+  local bk, ba = bucket_at(k, a, limit, period, burst, t0)
+  local short = cost - bk
   if short <= 0 then return AT, t0 end
-  return AT, b.a + div_ceil(short, p.limit) * p.period
+  return AT, ba + div_ceil(short, limit) * period
 end
 
-function BUCKET.commit(s, p, t, cost)
-  local b = bucket_at(s, p, max(t, s.a))
-  s.k = b.k - cost
-  s.a = b.a
+local function bucket_commit(k, a, limit, period, burst, at, cost)
+  local bk, ba = bucket_at(k, a, limit, period, burst, max(at, a))
+  return bk - cost, ba
 end
 
-function BUCKET.remaining(s, p, now)
-  if s.a > now then return 0 end
-  local k = bucket_at(s, p, now).k
-  if k < 0 then return 0 end
-  return k
-end
-
-function BUCKET.full_at(s, p)
-  local missing = p.burst - s.k
+local function bucket_save(key, k, a, limit, period, burst, now)
+  local missing = burst - k
   if missing < 0 then missing = 0 end
-  return s.a + div_ceil(missing, p.limit) * p.period
+  local full_at = a + div_ceil(missing, limit) * period
+  redis.call('SET', key, struct.pack('>dd', k, a), 'PX', ttl_ms(full_at, now))
 end
-
-function BUCKET.save(key, s, p, now)
-  redis.call('HSET', key, 'k', int(s.k), 'a', int(s.a))
-  expire_at_full(key, BUCKET.full_at(s, p), now)
-end
-
-ALG[2] = BUCKET

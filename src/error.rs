@@ -277,6 +277,11 @@ pub enum StoreErrorKind {
     Unavailable,
     /// The store answered with something the limiter cannot use.
     Protocol,
+    /// The store refused this request's key, not the store as a whole:
+    /// Redis's `WRONGTYPE` (the key holds another kind of value), or a
+    /// script error on a damaged value. Other keys are unaffected, and it
+    /// never counts towards a cool-down.
+    Data,
 }
 
 impl StoreError {

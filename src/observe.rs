@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `ratelimit_decisions_total` | counter | `policy`, `outcome` |
 //! | `ratelimit_store_seconds` | histogram | — |
-//! | `ratelimit_store_skipping` | gauge (1 while a failing Redis is skipped) | — |
+//! | `ratelimit_store_skipping` | gauge: Redis nodes skipped after failures | — |
 //!
 //! `outcome` is `allowed` (counted for every policy of an admitted
 //! request), `rejected` (for each policy that refused it), or, when the
@@ -158,13 +158,13 @@ impl Observer {
     }
 }
 
-/// Sets the gauge of a Redis store skipping calls after failures.
+/// Moves the gauge of Redis nodes skipped after failures by `delta`.
 #[cfg(feature = "redis")]
 #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 #[inline]
-pub(crate) fn skipping(on: bool) {
+pub(crate) fn skipping(delta: f64) {
     #[cfg(feature = "metrics")]
-    metrics::gauge!("ratelimit_store_skipping").set(if on { 1.0 } else { 0.0 });
+    metrics::gauge!("ratelimit_store_skipping").increment(delta);
 }
 
 /// A key in a log line: hashed unless raw keys are asked for.

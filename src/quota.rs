@@ -578,7 +578,7 @@ impl Params {
                 "overflows: a sliding window counter counts at most 2^32 per window".into(),
             ));
         }
-        let fingerprint = fnv1a(&[algorithm as u64, q.limit, period, burst]);
+        let fingerprint = fnv1a(&[STATE_FORMAT, algorithm as u64, q.limit, period, burst]);
         let name = crate::intern::str(&policy.name);
         Ok(Self {
             name,
@@ -609,6 +609,11 @@ impl Params {
         self.burst * self.unit
     }
 }
+
+/// The version of the form states are stored in (in Redis). It is part of
+/// every policy's fingerprint, and so of its Redis keys: state written in
+/// another form is never read, it expires.
+const STATE_FORMAT: u64 = 2;
 
 /// Dividends [`Divisor`] divides with a multiplication.
 pub(crate) const TAT_LIMIT: u64 = 1 << 62;
@@ -707,7 +712,12 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
-    /// Checks every policy and the list as a whole.
+    /// The most policies one set may hold: a Redis decision script keeps
+    /// every policy's numbers in Lua locals, of which a function has 200.
+    pub const MAX_POLICIES: usize = 16;
+
+    /// Checks every policy and the list as a whole: at least one, at most
+    /// [`MAX_POLICIES`](Self::MAX_POLICIES), names distinct.
     ///
     /// Each distinct policy name is then kept for the life of the process,
     /// so that every [`Decision`](crate::Decision) refers to it instead of
@@ -718,6 +728,16 @@ impl PolicySet {
             return Err(ConfigError::new(
                 "policies",
                 "is empty: add at least one policy with `.policy(..)`",
+            ));
+        }
+        if policies.len() > Self::MAX_POLICIES {
+            return Err(ConfigError::new(
+                "policies",
+                format!(
+                    "has {} policies: at most {} are checked at once",
+                    policies.len(),
+                    Self::MAX_POLICIES
+                ),
             ));
         }
         let mut params = Vec::with_capacity(policies.len());
@@ -764,10 +784,18 @@ impl PolicySet {
         &self.params
     }
 
-    /// Whether `other` is this very set (a clone of it), not just an equal one.
-    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    /// Whether `other` has the same policies (names, algorithms and
+    /// quotas) in the same order: the same state in every store.
+    #[cfg_attr(not(any(feature = "memory", feature = "redis")), allow(dead_code))]
     pub(crate) fn same_as(&self, other: &PolicySet) -> bool {
-        Arc::ptr_eq(&self.policies, &other.policies)
+        // A policy's id names its name and fingerprint.
+        Arc::ptr_eq(&self.params, &other.params)
+            || (self.len() == other.len()
+                && self
+                    .params
+                    .iter()
+                    .zip(other.params.iter())
+                    .all(|(a, b)| a.id == b.id))
     }
 
     /// Whether a policy is a [`Concurrency`](Algorithm::Concurrency) one.

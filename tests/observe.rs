@@ -144,8 +144,12 @@ mod metrics_recorded {
     }
 
     impl GaugeFn for Value {
-        fn increment(&self, _: f64) {}
-        fn decrement(&self, _: f64) {}
+        fn increment(&self, v: f64) {
+            self.0.fetch_add(v as u64, Ordering::Relaxed);
+        }
+        fn decrement(&self, v: f64) {
+            self.0.fetch_sub(v as u64, Ordering::Relaxed);
+        }
         fn set(&self, v: f64) {
             self.0.store(v as u64, Ordering::Relaxed);
         }

@@ -116,7 +116,11 @@ async fn compare(
         clock.advance(Duration::from_micros(step.advance_us));
         let at = tower_ratelimit::clock::Clock::now_micros(&clock);
         let max_wait = step.wait.then(|| Duration::from_millis(1500));
-        let check = Check::new(&key, set, step.cost).max_wait(max_wait);
+        // A lease per request, as the limiter draws them: concurrency
+        // policies in Redis hold units per lease.
+        let check = Check::new(&key, set, step.cost)
+            .max_wait(max_wait)
+            .lease(i as u64 + 1);
         let m = memory.decide_now(check);
         let r = redis.decide(check.at_micros(Some(at))).await.unwrap();
         if m != r {
@@ -167,6 +171,44 @@ fn every_algorithm_over_a_long_timeline_matches_memory() {
             .collect();
         let differ = rt.block_on(compare(&redis, &set, &steps));
         assert!(differ.is_empty(), "{algorithm:?}: {:#?}", differ.first());
+    }
+}
+
+/// Sixteen policies, every algorithm twice: the largest set a script decides.
+fn largest_set() -> PolicySet {
+    let policies: Vec<Policy> = (0..PolicySet::MAX_POLICIES)
+        .map(|i| {
+            let a = Algorithm::ALL[i % Algorithm::ALL.len()];
+            let limit = 5 + i as u64;
+            Policy::new(format!("p{i}"), Quota::new(limit, Duration::from_secs(60))).algorithm(a)
+        })
+        .collect();
+    PolicySet::new(policies).unwrap()
+}
+
+#[test]
+fn the_largest_policy_set_decides_on_redis_as_in_memory_with_or_without_functions() {
+    let set = largest_set();
+    assert!(
+        PolicySet::new(
+            (0..=PolicySet::MAX_POLICIES)
+                .map(|i| Policy::new(format!("p{i}"), Quota::per_second(1)))
+                .collect()
+        )
+        .is_err()
+    );
+    let steps: Vec<Step> = (0..12)
+        .map(|i| Step {
+            advance_us: 1_000,
+            cost: 1,
+            wait: i % 3 == 0,
+        })
+        .collect();
+    for server in [RedisServer::start(), RedisServer::start_without_functions()] {
+        let rt = runtime();
+        let redis = rt.block_on(store(&server));
+        let differ = rt.block_on(compare(&redis, &set, &steps));
+        assert!(differ.is_empty(), "{:#?}", differ.first());
     }
 }
 
@@ -253,14 +295,15 @@ fn keys_expire_once_state_is_full_again_even_for_long_periods() {
     });
 }
 
-#[test]
-fn noscript_after_script_flush_loads_the_script_and_decides_once() {
-    let server = RedisServer::start();
+/// Decides twice on `server`, running `flush` on it in between: the second
+/// decision must be counted once, and Redis must have seen the `recovery`
+/// commands (as `INFO commandstats` names them).
+fn decides_once_across(server: &RedisServer, flush: &str, recovery: &[&str]) {
     let rt = runtime();
     rt.block_on(async {
-        let redis = store(&server).await;
+        let redis = store(server).await;
         let set = PolicySet::new(vec![Policy::new("p", Quota::per_minute(3))]).unwrap();
-        let key = fresh_key("noscript");
+        let key = fresh_key("flush");
         assert!(
             redis
                 .decide(Check::new(&key, &set, 1))
@@ -268,20 +311,62 @@ fn noscript_after_script_flush_loads_the_script_and_decides_once() {
                 .unwrap()
                 .is_allowed()
         );
-        assert!(server.command("SCRIPT FLUSH").starts_with("+OK"));
+        assert!(server.command(flush).starts_with("+OK"), "{flush}");
         let d = redis.decide(Check::new(&key, &set, 1)).await.unwrap();
         assert!(d.is_allowed());
         // Counted once, not twice: one unit is left of three.
         assert_eq!(d.policies()[0].remaining(), 1);
     });
+    let stats = server.command("INFO commandstats");
+    for command in recovery {
+        assert!(
+            stats.contains(&format!("cmdstat_{command}:calls=2,")),
+            "{command} twice: {stats}"
+        );
+    }
+}
+
+#[test]
+fn function_flush_reloads_the_library_and_decides_once() {
+    decides_once_across(&RedisServer::start(), "FUNCTION FLUSH", &["function|load"]);
+}
+
+#[test]
+fn without_functions_noscript_after_script_flush_loads_the_script_and_decides_once() {
+    decides_once_across(
+        &RedisServer::start_without_functions(),
+        "SCRIPT FLUSH",
+        &["eval"],
+    );
+}
+
+#[test]
+fn without_functions_redis_decides_exactly_like_memory() {
+    let server = RedisServer::start_without_functions();
+    let rt = runtime();
+    let redis = rt.block_on(store(&server));
+    check_parity(&rt, &redis, 24);
 }
 
 #[test]
 fn untrusted_keys_are_hashed_into_one_hash_tag() {
     let server = RedisServer::start();
     let rt = runtime();
-    let redis = rt.block_on(store(&server));
+    let hashed = rt.block_on(store(&server));
     let set = PolicySet::new(vec![Policy::new("burst", Quota::per_second(5))]).unwrap();
+    // By default string keys are a keyed hash; integers stay readable.
+    let token = hashed.redis_key(&Key::from("alice"), &set, 0);
+    assert!(token.starts_with("ratelimit:{k:"), "{token}");
+    assert_eq!(token.len(), "ratelimit:{k:}:burst:".len() + 32 + 8);
+    let n = hashed.redis_key(&Key::from(7_u64), &set, 0);
+    assert!(n.starts_with("ratelimit:{n:7}:burst:"), "{n}");
+    let redis = rt.block_on(async {
+        RedisStore::builder()
+            .hash_keys(false)
+            .connect(&server.url())
+            .await
+            .unwrap()
+    });
     let plain = redis.redis_key(&Key::from("alice"), &set, 0);
     assert!(plain.starts_with("ratelimit:{s:alice}:burst:"), "{plain}");
     assert_eq!(plain.len(), "ratelimit:{s:alice}:burst:".len() + 8);

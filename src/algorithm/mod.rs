@@ -40,7 +40,7 @@ use crate::quota::{Algorithm, Params, PolicySet};
 pub(crate) use concurrency::Concurrency;
 pub(crate) use fixed_window::FixedWindow;
 pub(crate) use level::Level;
-pub(crate) use sliding_counter::SlidingCounter;
+pub(crate) use sliding_counter::{SlidingCounter, steps as sliding_counter_steps};
 pub(crate) use sliding_log::SlidingLog;
 pub(crate) use token_bucket::TokenBucket;
 
@@ -126,6 +126,16 @@ impl State {
         }
     }
 
+    /// Whether this state holds what deciding `cost` at `now` needs (and
+    /// committing at `commit_at`): always, but for a partial sliding log
+    /// read from Redis.
+    fn covers(&self, p: &Params, now: u64, cost: u64, commit_at: Option<u64>) -> bool {
+        match &self.0 {
+            Repr::SlidingLog(s) => s.covers(p, now, cost, commit_at),
+            _ => true,
+        }
+    }
+
     /// When the state is back to full: from then on it can be forgotten.
     pub(crate) fn full_at(&self, p: &Params) -> u64 {
         match &self.0 {
@@ -162,14 +172,80 @@ pub fn decide(
     fill_slots(set, states, now, cost, max_wait, slots.as_mut());
     if let (true, Some(t)) = combine(slots.as_mut(), now, max_wait) {
         if cost > 0 {
-            for (p, state) in set.params().iter().zip(states.iter_mut()) {
-                state
-                    .get_or_insert_with(|| State::fresh(p, now))
-                    .commit(p, t, cost);
-            }
+            commit(set, states, now, t, cost);
         }
     }
     finish(set, states, now, max_wait, slots.as_mut())
+}
+
+fn commit(set: &PolicySet, states: &mut [Option<State>], now: u64, t: u64, cost: u64) {
+    for (p, state) in set.params().iter().zip(states.iter_mut()) {
+        state
+            .get_or_insert_with(|| State::fresh(p, now))
+            .commit(p, t, cost);
+    }
+}
+
+/// [`decide`] on states a store read that may be partial (a sliding log
+/// read from Redis holds only what its script needed): `None` when they do
+/// not hold what the decision needs.
+pub(crate) fn decide_view(
+    set: &PolicySet,
+    states: &mut [Option<State>],
+    now: u64,
+    cost: u64,
+    max_wait: Option<Duration>,
+) -> Option<Decision> {
+    if !covered(set, states, now, cost, None) {
+        return None;
+    }
+    let mut slots = Scratch::new(set.len(), Slot::Never);
+    fill_slots(set, states, now, cost, max_wait, slots.as_mut());
+    if let (true, Some(t)) = combine(slots.as_mut(), now, max_wait) {
+        if cost > 0 {
+            if !covered(set, states, now, cost, Some(t)) {
+                return None;
+            }
+            commit(set, states, now, t, cost);
+        }
+    }
+    Some(finish(set, states, now, max_wait, slots.as_mut()))
+}
+
+/// [`check`] on states that may be partial, as [`decide_view`].
+pub(crate) fn check_view(
+    set: &PolicySet,
+    states: &[Option<State>],
+    now: u64,
+    cost: u64,
+    max_wait: Option<Duration>,
+) -> Option<Decision> {
+    covered(set, states, now, cost, None).then(|| check(set, states, now, cost, max_wait))
+}
+
+fn covered(
+    set: &PolicySet,
+    states: &[Option<State>],
+    now: u64,
+    cost: u64,
+    commit_at: Option<u64>,
+) -> bool {
+    set.params()
+        .iter()
+        .zip(states)
+        .all(|(p, s)| s.as_ref().is_none_or(|s| s.covers(p, now, cost, commit_at)))
+}
+
+/// Drops what has expired from the sliding logs in `states`, as of the
+/// earliest time a request could now be admitted: a store that keeps
+/// states calls this when it reads them, so no decision walks what expired
+/// long ago. Changes no decision (time never runs backwards for a key).
+pub(crate) fn trim(set: &PolicySet, states: &mut [Option<State>], now: u64) {
+    for (p, state) in set.params().iter().zip(states.iter_mut()) {
+        if let Some(State(Repr::SlidingLog(log))) = state {
+            log.trim(p, now.max(log.last.0));
+        }
+    }
 }
 
 /// [`decide`] for a set of one GCRA-family policy in reject mode, on its

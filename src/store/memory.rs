@@ -649,6 +649,7 @@ impl Shard {
             (*h, *s) = self.tables[t].take(key, now);
         }
         let states = states.as_mut();
+        algorithm::trim(set, states, now);
         let cost = check.cost();
         let decision = match check.get_op() {
             Op::Acquire => algorithm::decide(set, states, now, cost, check.get_max_wait()),

@@ -14,8 +14,13 @@ mod redis;
 use std::future::Future;
 use std::time::Duration;
 
+#[cfg(feature = "redis-sentinel")]
+pub use self::redis::SentinelConnection;
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisConnection, RedisStore, RedisStoreBuilder};
+pub use self::redis::{
+    ConnectError, ConnectErrorKind, MIN_REDIS_VERSION, RedisConnection, RedisStore,
+    RedisStoreBuilder,
+};
 #[cfg(feature = "memory")]
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 
@@ -98,7 +103,9 @@ impl<'a> Check<'a> {
     }
 
     /// Decide as of this time (µs) instead of the store's clock. Meant for
-    /// tests that compare stores exactly.
+    /// tests that compare stores exactly. (Redis still expires keys by its
+    /// own clock: with a given time, `RedisStore` keeps them a minute
+    /// longer than their state needs.)
     #[must_use]
     pub fn at_micros(mut self, at: Option<u64>) -> Self {
         self.at_micros = at;

@@ -1,0 +1,250 @@
+//! `RedisStore` coalescing, against real `redis-server`s: requests for one
+//! key that arrive together go to Redis in one call and get exactly the
+//! answers they would have had one at a time.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use support::{RedisServer, runtime};
+use tower_ratelimit::key::Key;
+use tower_ratelimit::store::{Check, Op, RedisStore, Store};
+use tower_ratelimit::{Algorithm, Policy, PolicySet, Quota};
+
+fn fresh_key(tag: &str) -> Key {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    Key::from(format!("{tag}-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// How many `FCALL`s Redis has run.
+fn calls(server: &RedisServer) -> u64 {
+    server
+        .command("INFO commandstats")
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+fn policy(
+    name: &str,
+    algorithm: Algorithm,
+    limit: u64,
+    period_ms: u64,
+    burst: Option<u64>,
+) -> Policy {
+    let mut quota = Quota::new(limit, Duration::from_millis(period_ms));
+    // Windows and concurrency take no burst.
+    let windowed = matches!(
+        algorithm,
+        Algorithm::FixedWindow
+            | Algorithm::SlidingWindowLog
+            | Algorithm::SlidingWindowCounter
+            | Algorithm::Concurrency
+    );
+    if let (Some(b), false) = (burst, windowed) {
+        quota = quota.burst(b);
+    }
+    Policy::new(name, quota).algorithm(algorithm)
+}
+
+fn policies() -> impl Strategy<Value = PolicySet> {
+    let one = |name: &'static str| {
+        (
+            prop::sample::select(Algorithm::ALL.to_vec()),
+            1..12_u64,
+            prop_oneof![Just(1_000_u64), 1..3_000_u64, Just(60_000_u64)],
+            prop::option::of(1..15_u64),
+        )
+            .prop_map(move |(a, limit, period, burst)| policy(name, a, limit, period, burst))
+    };
+    prop_oneof![
+        one("a").prop_map(|p| vec![p]),
+        (one("a"), one("b")).prop_map(|(a, b)| vec![a, b]),
+    ]
+    .prop_map(|v| PolicySet::new(v).unwrap())
+}
+
+/// A request of a burst: all of a burst's requests arrive at once.
+#[derive(Debug, Clone)]
+struct Ask {
+    cost: u64,
+    wait: bool,
+    peek: bool,
+}
+
+/// Bursts of requests, each at its own time.
+fn bursts() -> impl Strategy<Value = Vec<(u64, Vec<Ask>)>> {
+    let ask = (
+        prop_oneof![4 => Just(1_u64), 1 => 0..6_u64],
+        prop::bool::weighted(0.2),
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(|(cost, wait, peek)| Ask { cost, wait, peek });
+    prop::collection::vec(
+        (
+            prop_oneof![Just(0_u64), 0..400_000_u64, 0..3_000_000_u64],
+            prop::collection::vec(ask, 1..24),
+        ),
+        1..8,
+    )
+}
+
+const START: u64 = 1_763_800_000_000_000;
+
+fn check<'a>(key: &'a Key, set: &'a PolicySet, ask: &Ask, at: u64, lease: u64) -> Check<'a> {
+    Check::new(key, set, ask.cost)
+        .op(if ask.peek { Op::Peek } else { Op::Acquire })
+        .max_wait(ask.wait.then(|| Duration::from_millis(1500)))
+        .at_micros(Some(at))
+        .lease(lease)
+}
+
+#[test]
+fn a_burst_decided_together_answers_exactly_as_one_by_one() {
+    let (together, apart) = (RedisServer::start(), RedisServer::start());
+    let rt = runtime();
+    let (coalescing, one_by_one) = rt.block_on(async {
+        let coalescing = RedisStore::builder()
+            .timeout(Duration::from_secs(5))
+            .connect(&together.url())
+            .await
+            .unwrap();
+        let one_by_one = RedisStore::builder()
+            .timeout(Duration::from_secs(5))
+            .coalesce(false)
+            .denied_cache(0, Duration::ZERO)
+            .connect(&apart.url())
+            .await
+            .unwrap();
+        (coalescing, one_by_one)
+    });
+    let config = ProptestConfig {
+        cases: 96,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let requests = AtomicU64::new(0);
+    proptest!(config, |(set in policies(), bursts in bursts())| {
+        let key = fresh_key("burst");
+        let mut at = START;
+        let mut lease = 0;
+        for (advance, asks) in &bursts {
+            at += advance;
+            let checks: Vec<Check<'_>> = asks
+                .iter()
+                .map(|a| {
+                    lease += 1;
+                    check(&key, &set, a, at, lease)
+                })
+                .collect();
+            requests.fetch_add(checks.len() as u64, Ordering::Relaxed);
+            // All at once: the first sends its call, the rest queue behind it
+            // in this order.
+            let joined = rt.block_on(futures_join(checks.iter().map(|c| coalescing.decide(*c)).collect()));
+            for (i, (c, got)) in checks.iter().zip(joined).enumerate() {
+                let alone = rt.block_on(one_by_one.decide(*c)).unwrap();
+                prop_assert_eq!(got.unwrap(), alone, "request {} of {:?}", i, asks);
+            }
+        }
+    });
+    let (calls_together, asked) = (calls(&together), requests.into_inner());
+    eprintln!(
+        "{asked} requests in {calls_together} calls (one by one: {})",
+        calls(&apart)
+    );
+    assert!(
+        calls_together * 2 < asked,
+        "{calls_together} calls for {asked} requests"
+    );
+}
+
+/// Polls every future in order until all are done; their outputs, in order.
+async fn futures_join<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
+    let mut out: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futures.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match std::pin::Pin::new(&mut *f).poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.unwrap()).collect()
+}
+
+#[test]
+fn a_hot_key_is_decided_in_few_calls_and_admits_exactly_its_limit() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let redis = RedisStore::builder()
+            .timeout(Duration::from_secs(5))
+            .connect(&server.url())
+            .await
+            .unwrap();
+        let set = PolicySet::new(vec![Policy::new("p", Quota::per_hour(300))]).unwrap();
+        let key = fresh_key("hot");
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let (redis, set, key) = (redis.clone(), set.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut admitted = 0;
+                for _ in 0..10 {
+                    admitted += u64::from(
+                        redis
+                            .decide(Check::new(&key, &set, 1))
+                            .await
+                            .unwrap()
+                            .is_allowed(),
+                    );
+                }
+                admitted
+            }));
+        }
+        let mut admitted = 0;
+        for t in tasks {
+            admitted += t.await.unwrap();
+        }
+        assert_eq!(admitted, 300, "640 asked of 300");
+        assert!(
+            calls(&server) < 640,
+            "{} calls for 640 requests",
+            calls(&server)
+        );
+    });
+}
+
+#[test]
+fn a_queued_request_given_up_on_before_its_call_counts_for_nothing() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let redis = RedisStore::builder()
+            .timeout(Duration::from_secs(5))
+            .connect(&server.url())
+            .await
+            .unwrap();
+        let set = PolicySet::new(vec![Policy::new("p", Quota::per_hour(3))]).unwrap();
+        let key = fresh_key("dropped");
+        let first = redis.decide(Check::new(&key, &set, 1));
+        let dropped = redis.decide(Check::new(&key, &set, 1));
+        let third = redis.decide(Check::new(&key, &set, 1));
+        drop(dropped);
+        let (a, c) = (first.await.unwrap(), third.await.unwrap());
+        assert!(a.is_allowed() && c.is_allowed());
+        assert_eq!(c.remaining(), 1, "the dropped request spent nothing");
+    });
+}

@@ -1,0 +1,498 @@
+//! How `RedisStore` fails: errors told apart by what they mean, the
+//! cool-down and its probe, Cluster redirects, a master's failover, and a
+//! Sentinel failover, against real `redis-server` processes on 127.0.0.1.
+//! Every fault is bounded in time and undone by the test itself.
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{RedisServer, runtime};
+use tower_ratelimit::key::Key;
+use tower_ratelimit::store::{Check, RedisStore, Store};
+use tower_ratelimit::{Policy, PolicySet, Quota, StoreErrorKind};
+
+fn fresh_key(tag: &str) -> Key {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    Key::from(format!("{tag}-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+fn per_minute(n: u64) -> PolicySet {
+    PolicySet::new(vec![Policy::new("p", Quota::per_minute(n))]).unwrap()
+}
+
+/// Continues a stopped server when dropped, whatever the test did.
+struct Stopped<'a>(&'a RedisServer);
+
+impl<'a> Stopped<'a> {
+    fn new(server: &'a RedisServer) -> Self {
+        server.signal("STOP");
+        Self(server)
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        self.0.signal("CONT");
+    }
+}
+
+#[test]
+fn a_wrongtype_key_fails_that_request_only_and_never_trips_the_cool_down() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let store = RedisStore::builder()
+            .timeout(Duration::from_secs(2))
+            .cool_down(2, Duration::from_secs(60))
+            .connect(&server.url())
+            .await
+            .unwrap();
+        let set = per_minute(100);
+        let bad = fresh_key("wrongtype");
+        // Someone else's list where the limiter's state would be.
+        let name = store.redis_key(&bad, &set, 0);
+        assert!(server.command(&format!("RPUSH {name} x")).starts_with(':'));
+        for _ in 0..10 {
+            let e = store.decide(Check::new(&bad, &set, 1)).await.unwrap_err();
+            assert_eq!(e.kind(), StoreErrorKind::Data, "{e}");
+        }
+        // Ten data errors with a threshold of two: every other key is
+        // decided still.
+        for _ in 0..5 {
+            let d = store.decide(Check::new(&fresh_key("good"), &set, 1)).await;
+            assert!(d.unwrap().is_allowed());
+        }
+    });
+}
+
+#[test]
+fn an_endless_cool_down_opens_for_good_without_overflowing() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let store = RedisStore::builder()
+            .timeout(Duration::from_millis(50))
+            .cool_down(2, Duration::MAX)
+            .connect(&server.url())
+            .await
+            .unwrap();
+        let set = per_minute(100);
+        let key = fresh_key("endless");
+        assert!(store.decide(Check::new(&key, &set, 1)).await.is_ok());
+        let stopped = Stopped::new(&server);
+        for _ in 0..2 {
+            let e = store.decide(Check::new(&key, &set, 1)).await.unwrap_err();
+            assert_eq!(e.kind(), StoreErrorKind::Timeout);
+        }
+        drop(stopped);
+        // Redis is back, but a cool-down of Duration::MAX never ends.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let e = store.decide(Check::new(&key, &set, 1)).await.unwrap_err();
+            assert_eq!(e.kind(), StoreErrorKind::Unavailable);
+            assert!(e.to_string().contains("cooling down"), "{e}");
+            assert!(started.elapsed() < Duration::from_millis(10));
+        }
+    });
+}
+
+#[test]
+fn when_the_cool_down_ends_one_request_probes_before_traffic_returns() {
+    let server = RedisServer::start();
+    runtime().block_on(async {
+        let store = RedisStore::builder()
+            .timeout(Duration::from_millis(100))
+            .cool_down(2, Duration::from_millis(300))
+            .connect(&server.url())
+            .await
+            .unwrap();
+        let set = per_minute(100);
+        assert!(
+            store
+                .decide(Check::new(&fresh_key("w"), &set, 1))
+                .await
+                .is_ok()
+        );
+        let stopped = Stopped::new(&server);
+        for _ in 0..2 {
+            let e = store.decide(Check::new(&fresh_key("t"), &set, 1)).await;
+            assert_eq!(e.unwrap_err().kind(), StoreErrorKind::Timeout);
+        }
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        // The cool-down is over and Redis is still stopped: one request
+        // probes (and times out), the others are skipped meanwhile.
+        let probes: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, set) = (store.clone(), set.clone());
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let r = store.decide(Check::new(&fresh_key("p"), &set, 1)).await;
+                    (r.map(|_| ()).map_err(|e| e.kind()), started.elapsed())
+                })
+            })
+            .collect();
+        let mut kinds = Vec::new();
+        for p in probes {
+            kinds.push(p.await.unwrap());
+        }
+        let timeouts = kinds
+            .iter()
+            .filter(|(r, _)| *r == Err(StoreErrorKind::Timeout))
+            .count();
+        assert_eq!(timeouts, 1, "one probe: {kinds:?}");
+        assert!(
+            kinds
+                .iter()
+                .filter(|(r, _)| *r == Err(StoreErrorKind::Unavailable))
+                .all(|(_, t)| *t < Duration::from_millis(20)),
+            "the others fail at once: {kinds:?}"
+        );
+        // The failed probe opened it again.
+        let e = store.decide(Check::new(&fresh_key("t"), &set, 1)).await;
+        assert_eq!(e.unwrap_err().kind(), StoreErrorKind::Unavailable);
+        drop(stopped);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        // Redis answers the next probe, and everything goes again.
+        for _ in 0..5 {
+            let d = store.decide(Check::new(&fresh_key("after"), &set, 1)).await;
+            assert!(d.unwrap().is_allowed());
+        }
+    });
+}
+
+#[cfg(feature = "redis-cluster")]
+mod cluster {
+    use super::*;
+    use support::RedisCluster;
+
+    async fn cluster_store(cluster: &RedisCluster, timeout: Duration) -> RedisStore {
+        RedisStore::builder()
+            .timeout(timeout)
+            .connect_cluster(cluster.urls())
+            .await
+            .unwrap()
+    }
+
+    fn node_id(cluster: &RedisCluster, i: usize) -> String {
+        cluster.cli(i, &["CLUSTER", "MYID"])
+    }
+
+    #[test]
+    fn ask_during_a_slot_migration_and_moved_after_it_are_followed_once_counting_once() {
+        let cluster = RedisCluster::start();
+        let rt = runtime();
+        rt.block_on(async {
+            let store = cluster_store(&cluster, Duration::from_secs(2)).await;
+            let set = per_minute(5);
+            let key = fresh_key("migrating");
+            let name = store.redis_key(&key, &set, 0);
+            let slot = cluster.slot_of(&name);
+            let from = cluster.owner_of_slot(slot).unwrap();
+            let to = cluster.masters().into_iter().find(|&i| i != from).unwrap();
+            let (from_id, to_id) = (node_id(&cluster, from), node_id(&cluster, to));
+            let mut admitted = 0;
+            let decide = async |set: &PolicySet| {
+                let d = store.decide(Check::new(&key, set, 1)).await.unwrap();
+                usize::from(d.is_allowed())
+            };
+            admitted += decide(&set).await;
+            // Migrating: the key is still on `from`.
+            let s = slot.to_string();
+            assert_eq!(
+                cluster.cli(to, &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from_id]),
+                "OK"
+            );
+            assert_eq!(
+                cluster.cli(from, &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to_id]),
+                "OK"
+            );
+            admitted += decide(&set).await;
+            // Moved to `to`: `from` answers ASK.
+            let to_port = cluster.nodes[to].port().to_string();
+            let migrated = cluster.cli(
+                from,
+                &[
+                    "MIGRATE",
+                    "127.0.0.1",
+                    &to_port,
+                    "",
+                    "0",
+                    "5000",
+                    "KEYS",
+                    &name,
+                ],
+            );
+            assert_eq!(migrated, "OK");
+            admitted += decide(&set).await;
+            admitted += decide(&set).await;
+            // A policy whose key is not on `from` yet: ASK too.
+            let other = PolicySet::new(vec![Policy::new("other", Quota::per_minute(5))]).unwrap();
+            assert_eq!(decide(&other).await, 1);
+            // The slot is `to`'s now: `from` answers MOVED.
+            for i in cluster.masters() {
+                assert_eq!(
+                    cluster.cli(i, &["CLUSTER", "SETSLOT", &s, "NODE", &to_id]),
+                    "OK"
+                );
+            }
+            for _ in 0..3 {
+                admitted += decide(&set).await;
+            }
+            assert_eq!(
+                admitted, 5,
+                "7 requests, 5 admitted: none counted twice or lost"
+            );
+            assert_eq!(cluster.cli(to, &["EXISTS", &name]), "1");
+            assert!(cluster.cli(from, &["EXISTS", &name]).starts_with("MOVED"));
+            // The calls went to `to` after ASKING, as ASK asks.
+            let stats = cluster.cli(to, &["INFO", "commandstats"]);
+            assert!(stats.contains("cmdstat_asking:calls="), "{stats}");
+        });
+    }
+
+    /// A key of `set` on each master, by node index.
+    fn key_per_master(
+        cluster: &RedisCluster,
+        store: &RedisStore,
+        set: &PolicySet,
+    ) -> Vec<(usize, Key)> {
+        let mut keys: Vec<(usize, Key)> = Vec::new();
+        let masters = cluster.masters();
+        while keys.len() < masters.len() {
+            let key = fresh_key("node");
+            let slot = cluster.slot_of(&store.redis_key(&key, set, 0));
+            let owner = cluster.owner_of_slot(slot).unwrap();
+            if !keys.iter().any(|(o, _)| *o == owner) {
+                keys.push((owner, key));
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn a_stalled_master_cools_down_its_own_keys_only() {
+        let cluster = RedisCluster::start();
+        let rt = runtime();
+        rt.block_on(async {
+            let store = RedisStore::builder()
+                .timeout(Duration::from_millis(100))
+                .cool_down(3, Duration::from_secs(30))
+                .connect_cluster(cluster.urls())
+                .await
+                .unwrap();
+            let set = per_minute(1_000);
+            let keys = key_per_master(&cluster, &store, &set);
+            for (_, k) in &keys {
+                assert!(store.decide(Check::new(k, &set, 1)).await.is_ok());
+            }
+            let (stalled, stalled_key) = keys[0].clone();
+            let _stopped = Stopped::new(&cluster.nodes[stalled]);
+            for _ in 0..3 {
+                let e = store.decide(Check::new(&stalled_key, &set, 1)).await;
+                assert_eq!(e.unwrap_err().kind(), StoreErrorKind::Timeout);
+            }
+            let started = Instant::now();
+            let e = store.decide(Check::new(&stalled_key, &set, 1)).await;
+            assert_eq!(e.unwrap_err().kind(), StoreErrorKind::Unavailable);
+            assert!(started.elapsed() < Duration::from_millis(10), "skipped");
+            // The other masters' keys are decided, many times over the
+            // stalled master's threshold.
+            for _ in 0..10 {
+                for (_, k) in &keys[1..] {
+                    let d = store.decide(Check::new(k, &set, 1)).await;
+                    assert!(d.unwrap().is_allowed());
+                }
+            }
+        });
+    }
+
+    /// What a key saw while a master failed: its errors' times since `t0`,
+    /// and when it was first decided after the last error.
+    #[derive(Debug, Default)]
+    struct Seen {
+        errors: Vec<Duration>,
+        ok_after_last_error: Option<Duration>,
+    }
+
+    /// Decides every key every 10 ms from `t0` until `until` says stop (it
+    /// is asked with what each key saw), at most `limit`.
+    async fn watch(
+        store: &RedisStore,
+        set: &PolicySet,
+        keys: &[(usize, Key)],
+        t0: Instant,
+        limit: Duration,
+        until: impl Fn(&[Seen]) -> bool,
+    ) -> Vec<Seen> {
+        let mut seen: Vec<Seen> = keys.iter().map(|_| Seen::default()).collect();
+        while t0.elapsed() < limit && !until(&seen) {
+            for ((_, k), s) in keys.iter().zip(&mut seen) {
+                let at = t0.elapsed();
+                match store.decide(Check::new(k, set, 1)).await {
+                    Ok(_) if s.ok_after_last_error.is_none() && !s.errors.is_empty() => {
+                        s.ok_after_last_error = Some(at);
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        s.errors.push(at);
+                        s.ok_after_last_error = None;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        seen
+    }
+
+    #[test]
+    fn a_killed_master_is_replaced_by_its_replica_and_other_masters_never_stop() {
+        let mut cluster = RedisCluster::start_with_replicas(1_000);
+        let rt = runtime();
+        let (seen, killed) = rt.block_on(async {
+            let store = cluster_store(&cluster, Duration::from_millis(100)).await;
+            let set = PolicySet::new(vec![Policy::new("p", Quota::per_second(10_000))]).unwrap();
+            let keys = key_per_master(&cluster, &store, &set);
+            for (_, k) in &keys {
+                assert!(store.decide(Check::new(k, &set, 1)).await.is_ok());
+            }
+            let killed = keys[0].0;
+            let t0 = Instant::now();
+            cluster.nodes[killed].kill();
+            // Until the killed master's key has been decided for 1 s on.
+            let seen = watch(&store, &set, &keys, t0, Duration::from_secs(15), |seen| {
+                seen[0]
+                    .ok_after_last_error
+                    .is_some_and(|t| t0.elapsed() > t + Duration::from_secs(1))
+            })
+            .await;
+            (seen, killed)
+        });
+        let resumed = seen[0].ok_after_last_error.expect("decisions resumed");
+        eprintln!(
+            "killed master: {} errors, resumed {resumed:?} after the kill; others: {:?}",
+            seen[0].errors.len(),
+            seen[1..].iter().map(|s| s.errors.len()).collect::<Vec<_>>()
+        );
+        assert!(
+            cluster.masters().len() == 3 && !cluster.masters().contains(&killed),
+            "a replica was promoted"
+        );
+        // node-timeout 1 s, then the replica's election: Redis's own
+        // failover takes about 2 s; the store follows within 1 s of it.
+        assert!(
+            resumed < Duration::from_secs(5),
+            "resumed after {resumed:?}"
+        );
+        for s in &seen[1..] {
+            assert!(s.errors.is_empty(), "a healthy master's key failed: {s:?}");
+        }
+    }
+
+    #[test]
+    fn a_graceful_cluster_failover_costs_well_under_a_second() {
+        let cluster = RedisCluster::start_with_replicas(1_000);
+        let rt = runtime();
+        rt.block_on(async {
+            let store = cluster_store(&cluster, Duration::from_millis(100)).await;
+            let set = PolicySet::new(vec![Policy::new("p", Quota::per_second(10_000))]).unwrap();
+            let keys = key_per_master(&cluster, &store, &set);
+            let master = keys[0].0;
+            let master_id = node_id(&cluster, master);
+            let replica = (0..cluster.nodes.len())
+                .find(|&i| {
+                    cluster.nodes[i].command("ROLE").contains("slave")
+                        && cluster
+                            .cli(i, &["CLUSTER", "NODES"])
+                            .lines()
+                            .any(|l| l.contains("myself") && l.contains(&master_id))
+                })
+                .expect("the master's replica");
+            for (_, k) in &keys {
+                assert!(store.decide(Check::new(k, &set, 1)).await.is_ok());
+            }
+            let t0 = Instant::now();
+            assert_eq!(cluster.cli(replica, &["CLUSTER", "FAILOVER"]), "OK");
+            let seen = watch(&store, &set, &keys, t0, Duration::from_secs(3), |_| false).await;
+            assert!(cluster.nodes[replica].command("ROLE").contains("master"));
+            let errors: Vec<&Duration> = seen.iter().flat_map(|s| &s.errors).collect();
+            eprintln!("graceful failover: errors at {errors:?}");
+            let window = seen[0]
+                .errors
+                .last()
+                .map_or(Duration::ZERO, |last| *last - seen[0].errors[0]);
+            assert!(
+                seen[0].errors.len() <= 3 && window < Duration::from_millis(300),
+                "the failed-over master's key: {:?}",
+                seen[0]
+            );
+            for s in &seen[1..] {
+                assert!(s.errors.is_empty(), "{s:?}");
+            }
+        });
+    }
+}
+
+#[cfg(feature = "redis-sentinel")]
+mod sentinel {
+    use super::*;
+    use support::RedisSentinels;
+
+    #[test]
+    fn a_killed_master_is_replaced_through_the_sentinels() {
+        let mut redis = RedisSentinels::start(1_000);
+        let rt = runtime();
+        rt.block_on(async {
+            let store = RedisStore::builder()
+                .timeout(Duration::from_millis(100))
+                .cool_down(5, Duration::from_millis(200))
+                .connect_sentinel(redis.urls(), "mymaster")
+                .await
+                .unwrap();
+            let set = per_minute(3);
+            let key = fresh_key("sentinel");
+            assert!(
+                store
+                    .decide(Check::new(&key, &set, 1))
+                    .await
+                    .unwrap()
+                    .is_allowed()
+            );
+            // The write reached the replica before the master dies.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while redis.replica.command("DBSIZE").trim() != ":1" {
+                assert!(Instant::now() < deadline, "replicated");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let t0 = Instant::now();
+            redis.master.kill();
+            let mut last_error = None;
+            let mut resumed = None;
+            while t0.elapsed() < Duration::from_secs(20) {
+                match store.decide(Check::new(&key, &set, 1)).await {
+                    Ok(d) => {
+                        let at = t0.elapsed();
+                        resumed.get_or_insert(at);
+                        // The count went on from the replicated state.
+                        assert!(d.is_allowed(), "the second of 3");
+                        break;
+                    }
+                    Err(_) => last_error = Some(t0.elapsed()),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let resumed = resumed.expect("decisions resumed on the promoted replica");
+            eprintln!(
+                "sentinel failover: resumed {resumed:?} after the kill (last error {last_error:?})"
+            );
+            assert!(redis.replica.command("ROLE").contains("master"));
+            // down-after 1 s, then the sentinels' vote and promotion.
+            assert!(resumed < Duration::from_secs(8), "{resumed:?}");
+            let d = store.decide(Check::new(&key, &set, 1)).await.unwrap();
+            assert!(d.is_allowed());
+            let d = store.decide(Check::new(&key, &set, 1)).await.unwrap();
+            assert!(!d.is_allowed(), "3 per minute, across the failover");
+        });
+    }
+}
