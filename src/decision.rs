@@ -178,6 +178,9 @@ pub struct PolicyDecision {
     /// µs, like the one below; may be [`NEVER`] or [`BUSY`].
     pub(crate) retry_after: u64,
     pub(crate) reset_after: u64,
+    /// µs until one unit more than `remaining` is available; [`NEVER`]
+    /// when none will be (the quota is whole, or counts units in flight).
+    pub(crate) refill_after: u64,
     pub(crate) remaining: u64,
 }
 
@@ -202,6 +205,7 @@ impl fmt::Debug for PolicyDecision {
             .field("remaining", &self.remaining)
             .field("retry_after", &self.retry_after)
             .field("reset_after", &self.reset_after)
+            .field("refill_after", &self.refill_after)
             .finish()
     }
 }
@@ -259,5 +263,30 @@ impl PolicyDecision {
     #[must_use]
     pub fn reset_after(&self) -> Duration {
         Duration::from_micros(self.reset_after)
+    }
+
+    /// How long until more than [`remaining`](Self::remaining) units are
+    /// available: the next unit's refill under a bucket, the window's end
+    /// under a fixed window, the oldest request's expiry under a sliding
+    /// log. `None` when nothing more will come: every unit is there, or
+    /// this is a concurrency policy (units come back when released). The
+    /// `RateLimit` field's `t`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_ratelimit::algorithm::decide;
+    /// use tower_ratelimit::{Policy, PolicySet, Quota};
+    ///
+    /// // 10 a minute: one back every 6 s, all back 60 s after spending 10.
+    /// let set = PolicySet::new(vec![Policy::new("p", Quota::per_minute(10))]).unwrap();
+    /// let mut states = vec![None];
+    /// let d = decide(&set, &mut states, 0, 10, None);
+    /// let p = &d.policies()[0];
+    /// assert_eq!(p.refill_after(), Some(Duration::from_secs(6)));
+    /// assert_eq!(p.reset_after(), Duration::from_secs(60));
+    /// ```
+    #[must_use]
+    pub fn refill_after(&self) -> Option<Duration> {
+        (self.refill_after != NEVER).then(|| Duration::from_micros(self.refill_after))
     }
 }

@@ -183,11 +183,13 @@ async fn every_policy_is_shown_and_a_rejection_charges_none() {
         Some("\"burst\";q=10;w=1, \"hourly\";q=3;w=3600")
     );
     // "burst" still shows 7 left: the rejected request was charged to neither.
+    // `t` is when more is available (draft-10 §4.1.2): "burst" one more unit
+    // within a second, "hourly" one unit back after 20 minutes, the same
+    // time as `Retry-After` (not the hour it takes to be whole again).
     assert_eq!(
         header(&res, "ratelimit"),
-        Some("\"burst\";r=7;t=1, \"hourly\";r=0;t=3600")
+        Some("\"burst\";r=7;t=1, \"hourly\";r=0;t=1200")
     );
-    // Retry when "hourly" admits: one unit back after 20 minutes.
     assert_eq!(header(&res, "retry-after"), Some("1200"));
 }
 
@@ -210,7 +212,8 @@ async fn a_cost_that_can_never_fit_is_rejected_without_retry_after() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&res, "retry-after"), None);
-    assert_eq!(header(&res, "ratelimit"), Some("\"upload\";r=10;t=0"));
+    // All ten units are there: nothing more will come, so no `t`.
+    assert_eq!(header(&res, "ratelimit"), Some("\"upload\";r=10"));
     // Nothing was charged: a cost of 10 still fits.
     let res = svc.oneshot(Request::new("x".repeat(10))).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);

@@ -374,6 +374,7 @@ proptest! {
             }
             check_remaining(&set, &states, now, &d)?;
             check_reset_after(&set, &specs, &states, now, &d)?;
+            check_refill_after(&set, &specs, &states, now, &d, r.max_wait.is_none())?;
         }
     }
 
@@ -610,6 +611,49 @@ fn check_remaining(
         left,
         d
     );
+    Ok(())
+}
+
+/// Each policy has more than `remaining` left `refill_after` from now, and
+/// not a µs before; `None` exactly when it is full. For a request rejected
+/// in reject mode the refusing policies' `refill_after` is at most their
+/// `retry_after` (in wait mode a leaky bucket's queue may have room for a
+/// reservation sooner).
+fn check_refill_after(
+    set: &PolicySet,
+    specs: &[Spec],
+    states: &[Option<State>],
+    now: u64,
+    d: &Decision,
+    reject_mode: bool,
+) -> Result<(), TestCaseError> {
+    let left_at =
+        |t: u64, i: usize| decide(set, &mut states.to_vec(), t, 0, None).policies()[i].remaining();
+    for (i, (p, spec)) in d.policies().iter().zip(specs).enumerate() {
+        let left = p.remaining();
+        match p.refill_after() {
+            None => prop_assert_eq!(left, spec.capacity(), "no refill, yet not full: {:?}", d),
+            Some(refill) => {
+                let refill = micros(refill);
+                prop_assert!(refill > 0, "{:?}", d);
+                prop_assert!(
+                    left_at(now + refill, i) > left,
+                    "nothing more after {}: {:?}",
+                    refill,
+                    d
+                );
+                prop_assert!(
+                    left_at(now + refill - 1, i) <= left,
+                    "more before {}: {:?}",
+                    refill,
+                    d
+                );
+                if let Some(retry) = p.retry_after().filter(|_| reject_mode && !p.is_allowed()) {
+                    prop_assert!(refill <= micros(retry), "refill after retry: {:?}", d);
+                }
+            }
+        }
+    }
     Ok(())
 }
 

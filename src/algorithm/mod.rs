@@ -271,12 +271,21 @@ pub(crate) fn decide_tat(p: &Params, tat: u64, now: u64, cost: u64) -> (Decision
             Some(excess) => (false, p.drain_div.div_ceil(excess), level),
         }
     };
+    let remaining = p.unit_div.div(p.capacity().saturating_sub(after));
+    // One unit more than is left fits once the level drains to make room.
+    let refill_after = if remaining >= p.burst {
+        NEVER
+    } else {
+        p.drain_div
+            .div_ceil(after + (remaining + 1) * p.unit - p.capacity())
+    };
     let policy = PolicyDecision {
         policy: p.info,
         allowed,
-        remaining: p.unit_div.div(p.capacity().saturating_sub(after)),
+        remaining,
         retry_after: retry,
         reset_after: p.drain_div.div_ceil(after),
+        refill_after,
     };
     let charged = (allowed && cost > 0).then_some(Level {
         level: after,
@@ -385,14 +394,35 @@ fn finish(
     max_wait: Option<Duration>,
     slots: &[Slot],
 ) -> Decision {
-    let mut after = Scratch::new(set.len(), (0, 0));
+    let mut after = Scratch::new(set.len(), (0, 0, NEVER));
     for ((p, state), out) in set.params().iter().zip(states).zip(after.as_mut()) {
         *out = match state {
-            Some(s) => (s.remaining(p, now), s.full_at(p)),
-            None => (p.burst, now),
+            Some(s) => {
+                let remaining = s.remaining(p, now);
+                (remaining, s.full_at(p), refill_at(s, p, now, remaining))
+            }
+            None => (p.burst, now, NEVER),
         };
     }
     assemble(set, now, max_wait, slots, after.as_mut())
+}
+
+/// When one unit more than `remaining` fits `s` (in reject mode), or
+/// [`NEVER`]: every unit is there, or they are units in flight.
+fn refill_at(s: &State, p: &Params, now: u64, remaining: u64) -> u64 {
+    if p.algorithm == Algorithm::Concurrency || remaining >= p.burst {
+        return NEVER;
+    }
+    if let Repr::SlidingLog(log) = &s.0 {
+        if !s.covers(p, now, remaining + 1, None) {
+            // A partial view read from Redis may still tell from its header.
+            return log.refill_at(p, now, remaining).unwrap_or(NEVER);
+        }
+    }
+    match s.earliest(p, now, remaining + 1, false) {
+        Slot::At(t) => t,
+        _ => NEVER,
+    }
 }
 
 /// Per-request scratch: on the stack for the usual few policies.
@@ -446,18 +476,18 @@ fn combine(slots: &[Slot], now: u64, max_wait: Option<Duration>) -> (bool, Optio
 }
 
 /// The [`Decision`] for a request given each policy's slot and, after any
-/// commit, each policy's `(remaining, full_at)`. Shared by every store, so
-/// the same inputs give the same decision field for field.
+/// commit, each policy's `(remaining, full_at, refill_at)`. Shared by every
+/// store, so the same inputs give the same decision field for field.
 pub(crate) fn assemble(
     set: &PolicySet,
     now: u64,
     max_wait: Option<Duration>,
     slots: &[Slot],
-    after: &[(u64, u64)],
+    after: &[(u64, u64, u64)],
 ) -> Decision {
     let (allowed, at) = combine(slots, now, max_wait);
     let policy = |i: usize| {
-        let (p, (remaining, full_at)) = (&set.params()[i], after[i]);
+        let (p, (remaining, full_at, refill_at)) = (&set.params()[i], after[i]);
         let retry_after = match slots[i] {
             Slot::At(t) => t.saturating_sub(now),
             Slot::QueueFull { retry_at } => retry_at.saturating_sub(now),
@@ -474,6 +504,11 @@ pub(crate) fn assemble(
                 0
             } else {
                 full_at.saturating_sub(now)
+            },
+            refill_after: if refill_at == NEVER {
+                NEVER
+            } else {
+                refill_at.saturating_sub(now)
             },
         }
     };

@@ -155,6 +155,21 @@ impl SlidingLog {
         self.total += cost;
     }
 
+    /// When `left + 1` units fit, for a partial view that does not hold
+    /// the entries [`covers`](Self::covers) asks for: known from the log's
+    /// header alone when nothing has expired by the time a request could
+    /// go (as after any admission, which trims): at once if they fit then,
+    /// else once the oldest entry, of at least one unit, expires. `None`
+    /// when the view does not tell.
+    pub(crate) fn refill_at(&self, p: &Params, now: u64, left: u64) -> Option<u64> {
+        let t0 = now.max(self.last.0);
+        match self.expired(p, t0)? {
+            (0, _) if self.total + left < p.limit => Some(t0),
+            (0, _) if self.count > 0 => Some(t0.max(self.first + p.period)),
+            _ => None,
+        }
+    }
+
     pub(crate) fn remaining(&self, p: &Params, now: u64) -> u64 {
         if self.last.0 > now {
             return 0;

@@ -75,8 +75,12 @@ fn field_integer(n: u64) -> u64 {
 pub(crate) struct Figures {
     /// `RateLimit`'s `r`: units left.
     pub(crate) remaining: u64,
-    /// `RateLimit`'s `t`, in seconds; `None` for a concurrency policy,
-    /// which has no window.
+    /// `RateLimit`'s `t` (draft-10 §4.1.2): seconds until quota beyond
+    /// `r` is available; `None` when none will be (the quota is whole, or
+    /// a concurrency policy's units are in flight).
+    pub(crate) refill: Option<u64>,
+    /// `X-RateLimit-Reset`: seconds until the quota is whole again; `None`
+    /// for a concurrency policy, which has no window.
     pub(crate) reset: Option<u64>,
 }
 
@@ -84,9 +88,7 @@ impl Figures {
     pub(crate) fn of(p: &PolicyDecision) -> Self {
         Self {
             remaining: field_integer(p.remaining()),
-            // draft-10 §4.1.2 defines `t` as the time until additional
-            // quota is available; for now it is the time until the quota
-            // is full again, the figure every store reports.
+            refill: p.refill_after().map(|d| field_integer(whole_seconds(d))),
             reset: (!p.is_concurrency()).then(|| field_integer(whole_seconds(p.reset_after()))),
         }
     }
@@ -284,7 +286,7 @@ pub(crate) fn stamp(style: HeaderStyle, fields: Option<&SetFields>, decision: &D
                     }
                 }
                 value.push_u64(figures.remaining);
-                if let Some(t) = figures.reset {
+                if let Some(t) = figures.refill {
                     value.push(b";t=");
                     value.push_u64(t);
                 }
