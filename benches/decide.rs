@@ -1,6 +1,6 @@
 //! Run with `cargo bench --bench decide`.
 //!
-//! One in-memory GCRA decision, `MemoryStore::decide_sync` against
+//! One in-memory GCRA decision, `MemoryStore::decide_now` against
 //! `governor`'s keyed (DashMap) limiter `check_key`, side by side in one
 //! run, on the same key type (`IpAddr`, as an HTTP server keys by client)
 //! and the same quota:
@@ -90,7 +90,9 @@ impl Clock for Tsc {
 }
 
 fn ours_decide<C: Clock>(store: &MemoryStore<C>, key: &Key, set: &PolicySet) -> bool {
-    let d = store.decide_sync(Check::new(key, set, 1)).unwrap().unwrap();
+    let d = Store::decide_now(store, Check::new(key, set, 1))
+        .unwrap()
+        .unwrap();
     d.is_allowed()
 }
 

@@ -120,7 +120,7 @@ const TOP_LEVEL: [&str; 4] = ["fcall", "evalsha", "eval", "ping"];
 fn policies(list: &[(&str, Quota, Algorithm)]) -> PolicySet {
     PolicySet::new(
         list.iter()
-            .map(|&(name, quota, algorithm)| Policy::new(name, quota).algorithm(algorithm))
+            .map(|&(name, quota, algorithm)| Policy::new(name, quota).with_algorithm(algorithm))
             .collect(),
     )
     .unwrap()
@@ -1045,12 +1045,12 @@ async fn sliding_log(url: &str, control: &mut MultiplexedConnection, settings: &
         // reorder what follows), then pipelined in order, a window at a
         // time: smaller than redis-rs's send queue (50), which does not keep
         // the order of senders that wait for room.
-        let first = redis.decide(Check::new(&key, &set, 1).at_micros(Some(start)));
+        let first = redis.decide(Check::new(&key, &set, 1).with_at_micros(Some(start)));
         assert!(first.await.unwrap().is_allowed());
         for chunk in (1..n).collect::<Vec<_>>().chunks(32) {
             let calls = chunk
                 .iter()
-                .map(|&i| redis.decide(Check::new(&key, &set, 1).at_micros(Some(start + i))));
+                .map(|&i| redis.decide(Check::new(&key, &set, 1).with_at_micros(Some(start + i))));
             for d in in_order(calls.collect()).await {
                 let d = d.unwrap();
                 assert!(d.is_allowed(), "{d:?}");
@@ -1116,7 +1116,7 @@ async fn timed_log(
     let t = Instant::now();
     for j in 0..LOG_DECISIONS {
         let d = redis
-            .decide(Check::new(key, set, 1).at_micros(Some(from + j)))
+            .decide(Check::new(key, set, 1).with_at_micros(Some(from + j)))
             .await
             .unwrap();
         assert!(d.is_allowed());
@@ -1139,13 +1139,13 @@ fn memory_log(set: &PolicySet, n: u64, start: u64, day: u64) -> (f64, f64) {
     let store = MemoryStore::new();
     let key = Key::from("log");
     for i in 0..n {
-        let d = store.decide_now(Check::new(&key, set, 1).at_micros(Some(start + i)));
+        let d = store.decide_now(Check::new(&key, set, 1).with_at_micros(Some(start + i)));
         assert!(d.is_allowed());
     }
     let timed = |from: u64| {
         let t = Instant::now();
         for j in 0..LOG_DECISIONS {
-            let d = store.decide_now(Check::new(&key, set, 1).at_micros(Some(from + j)));
+            let d = store.decide_now(Check::new(&key, set, 1).with_at_micros(Some(from + j)));
             assert!(d.is_allowed());
         }
         t.elapsed().as_secs_f64() * 1e9 / LOG_DECISIONS as f64

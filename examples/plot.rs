@@ -34,7 +34,7 @@ fn policy(algorithm: Algorithm) -> PolicySet {
         Algorithm::FixedWindow | Algorithm::SlidingWindowLog | Algorithm::SlidingWindowCounter
     );
     let quota = if windowed { quota } else { quota.burst(4) };
-    PolicySet::new(vec![Policy::new("p", quota).algorithm(algorithm)]).expect("a valid policy")
+    PolicySet::new(vec![Policy::new("p", quota).with_algorithm(algorithm)]).expect("a valid policy")
 }
 
 /// One request's fate: when it arrived, and when it proceeded (if it did).

@@ -11,6 +11,7 @@ use crate::response::ResponseConfig;
 
 /// What happens to a request over the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum OnLimit {
     /// Turn it away at once: `429`, or a [`RateLimited`](crate::RateLimited)
     /// error. The default.

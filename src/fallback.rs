@@ -105,7 +105,7 @@ impl Local {
                 if q.burst_size() != q.limit() {
                     share = share.burst(q.burst_size().div_ceil(n));
                 }
-                Policy::new(p.name(), share).algorithm(p.get_algorithm())
+                Policy::new(p.name(), share).with_algorithm(p.algorithm())
             })
             .collect();
         // A division that no longer checks (a rare rate whose units overflow
@@ -119,9 +119,9 @@ impl Local {
     pub(crate) fn decide(&self, check: Check<'_>) -> Decision {
         let share = self.share_of(check.policies());
         let local = Check::new(check.key(), &share, check.cost())
-            .max_wait(check.get_max_wait())
-            .op(check.get_op())
-            .lease(check.get_lease());
+            .with_max_wait(check.max_wait())
+            .with_op(check.op())
+            .with_lease(check.lease());
         self.store.decide_now(local).into_degraded()
     }
 }
@@ -149,17 +149,17 @@ impl Redo {
             key: check.key().clone(),
             set: check.policies().clone(),
             cost: check.cost(),
-            max_wait: check.get_max_wait(),
-            op: check.get_op(),
-            lease: check.get_lease(),
+            max_wait: check.max_wait(),
+            op: check.op(),
+            lease: check.lease(),
         }
     }
 
     pub(crate) fn check(&self) -> Check<'_> {
         Check::new(&self.key, &self.set, self.cost)
-            .max_wait(self.max_wait)
-            .op(self.op)
-            .lease(self.lease)
+            .with_max_wait(self.max_wait)
+            .with_op(self.op)
+            .with_lease(self.lease)
     }
 }
 

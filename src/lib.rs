@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 #![deny(unreachable_pub)]
 #![forbid(unsafe_code)]
+#![deny(missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod algorithm;
@@ -30,7 +31,7 @@ pub use error::{
 };
 pub use layer::{RateLimitLayer, RateLimitLayerBuilder};
 pub use limiter::{Permit, RateLimiter, RateLimiterBuilder};
-pub use quota::{Algorithm, Policy, PolicySet, Quota};
+pub use quota::{Algorithm, Derived, Policy, PolicySet, Quota};
 pub use response::HeaderStyle;
 pub use service::RateLimit;
 #[cfg(feature = "memory")]

@@ -96,7 +96,7 @@ impl<St: Store> Engine<St> {
     /// through the failure handling.
     #[inline]
     pub(crate) fn decide_now(&self, check: Check<'_>) -> Option<Result<Decision, StoreError>> {
-        match self.store.decide_sync(check)? {
+        match self.store.decide_now(check)? {
             Ok(d) => {
                 self.observer.decided(check, &d, None);
                 Some(Ok(d))
@@ -108,7 +108,7 @@ impl<St: Store> Engine<St> {
     /// The store's answer to come, through the failure handling.
     pub(crate) fn decide_later(self: &Arc<Self>, check: Check<'_>) -> DecideFuture<St::Future> {
         // Kept to decide again in the fallback, or to give back a lease.
-        let redo = (observe::ON || self.fallback.is_some() || check.get_lease() != 0)
+        let redo = (observe::ON || self.fallback.is_some() || check.lease() != 0)
             .then(|| Box::new(Redo::of(&check)));
         DecideFuture::new(
             self.store.decide(check),
@@ -138,8 +138,8 @@ impl<St: Store> Engine<St> {
         let set = &self.policies;
         let pending = self.lease(key, set, cost);
         let check = Check::new(key, set, cost)
-            .lease(pending.as_ref().map_or(0, PendingHold::id))
-            .max_wait(max_wait);
+            .with_lease(pending.as_ref().map_or(0, PendingHold::id))
+            .with_max_wait(max_wait);
         let (decision, local) = self.decide(check).await;
         let decision = decision?;
         let held = match decision.is_allowed() {
@@ -220,7 +220,7 @@ impl<St: Store> Engine<St> {
             return;
         };
         runtime.spawn(async move {
-            let _ = self.store.decide(redo.check().op(Op::Release)).await;
+            let _ = self.store.decide(redo.check().with_op(Op::Release)).await;
             self.released.notify_waiters();
         });
     }
@@ -231,7 +231,7 @@ impl<St: Store> Keeper for Engine<St> {
         let check = lease.check(Op::Release);
         match (&self.fallback, lease.degraded) {
             (Some(local), true) => drop(local.decide(check)),
-            _ => drop(self.store.decide_sync(check)),
+            _ => drop(self.store.decide_now(check)),
         }
         self.released.notify_waiters();
     }
@@ -333,8 +333,8 @@ struct Lease {
 impl Lease {
     fn check(&self, op: Op) -> Check<'_> {
         Check::new(&self.key, &self.set, self.cost)
-            .op(op)
-            .lease(self.id)
+            .with_op(op)
+            .with_lease(self.id)
     }
 }
 
@@ -499,7 +499,7 @@ impl<St: Store> RateLimiter<St> {
     /// The store failed.
     pub async fn check(&self, key: impl Into<Key>, cost: u64) -> Result<Decision, StoreError> {
         let key = key.into();
-        let check = Check::new(&key, &self.engine.policies, cost).op(Op::Peek);
+        let check = Check::new(&key, &self.engine.policies, cost).with_op(Op::Peek);
         self.engine.decide(check).await.0
     }
 
@@ -568,7 +568,8 @@ impl<St: Store> RateLimiter<St> {
             return Err(AcquireError::PermitRequired);
         }
         let key = key.into();
-        let check = Check::new(&key, &self.engine.policies, cost).max_wait(Some(self.max_wait));
+        let check =
+            Check::new(&key, &self.engine.policies, cost).with_max_wait(Some(self.max_wait));
         let decision = self.engine.decide(check).await.0?;
         admitted(decision).await
     }
@@ -665,7 +666,7 @@ impl<St: Store> RateLimiter<St> {
     /// The store failed.
     pub async fn reset(&self, key: impl Into<Key>) -> Result<(), StoreError> {
         let key = key.into();
-        let check = Check::new(&key, &self.engine.policies, 0).op(Op::Reset);
+        let check = Check::new(&key, &self.engine.policies, 0).with_op(Op::Reset);
         self.engine.decide(check).await.0.map(drop)
     }
 }

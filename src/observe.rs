@@ -85,7 +85,7 @@ impl Observer {
     pub(crate) fn decided(&self, check: Check<'_>, d: &Decision, latency: Option<Duration>) {
         #[cfg(any(feature = "tracing", feature = "metrics"))]
         {
-            if check.get_op() != Op::Acquire {
+            if check.op() != Op::Acquire {
                 return;
             }
             #[cfg(feature = "metrics")]
@@ -148,7 +148,7 @@ impl Observer {
         err: &StoreError,
     ) {
         #[cfg(feature = "metrics")]
-        if let Some(check) = check.filter(|c| c.get_op() == Op::Acquire) {
+        if let Some(check) = check.filter(|c| c.op() == Op::Acquire) {
             let outcome = failure_outcome(failure);
             for p in check.policies().params() {
                 count(&p.labels[outcome]);

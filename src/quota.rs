@@ -159,7 +159,7 @@ pub enum Algorithm {
     /// #     (0..n).filter(|_| decide(set, s, at, 1, None).is_allowed()).count()
     /// # }
     /// let set = PolicySet::new(vec![
-    ///     Policy::new("p", Quota::per_minute(100)).algorithm(Algorithm::TokenBucket),
+    ///     Policy::new("p", Quota::per_minute(100)).with_algorithm(Algorithm::TokenBucket),
     /// ])
     /// .unwrap();
     /// let mut state = vec![None];
@@ -179,7 +179,7 @@ pub enum Algorithm {
     /// #     (0..n).filter(|_| decide(set, s, at, 1, None).is_allowed()).count()
     /// # }
     /// let set = PolicySet::new(vec![
-    ///     Policy::new("p", Quota::per_minute(60).burst(5)).algorithm(Algorithm::GreedyTokenBucket),
+    ///     Policy::new("p", Quota::per_minute(60).burst(5)).with_algorithm(Algorithm::GreedyTokenBucket),
     /// ])
     /// .unwrap();
     /// let mut state = vec![None];
@@ -201,7 +201,7 @@ pub enum Algorithm {
     /// use tower_ratelimit::{Algorithm, Policy, PolicySet, Quota};
     ///
     /// let set = PolicySet::new(vec![
-    ///     Policy::new("p", Quota::per_second(10).burst(3)).algorithm(Algorithm::LeakyBucket),
+    ///     Policy::new("p", Quota::per_second(10).burst(3)).with_algorithm(Algorithm::LeakyBucket),
     /// ])
     /// .unwrap();
     /// let mut state = vec![None];
@@ -226,7 +226,7 @@ pub enum Algorithm {
     /// #     (0..n).filter(|_| decide(set, s, at, 1, None).is_allowed()).count()
     /// # }
     /// let set = PolicySet::new(vec![
-    ///     Policy::new("p", Quota::per_second(5)).algorithm(Algorithm::FixedWindow),
+    ///     Policy::new("p", Quota::per_second(5)).with_algorithm(Algorithm::FixedWindow),
     /// ])
     /// .unwrap();
     /// let mut state = vec![None];
@@ -244,7 +244,7 @@ pub enum Algorithm {
     /// #     (0..n).filter(|_| decide(set, s, at, 1, None).is_allowed()).count()
     /// # }
     /// let set = PolicySet::new(vec![
-    ///     Policy::new("p", Quota::per_second(5)).algorithm(Algorithm::SlidingWindowLog),
+    ///     Policy::new("p", Quota::per_second(5)).with_algorithm(Algorithm::SlidingWindowLog),
     /// ])
     /// .unwrap();
     /// let mut state = vec![None];
@@ -265,7 +265,7 @@ pub enum Algorithm {
     /// #     (0..n).filter(|_| decide(set, s, at, 1, None).is_allowed()).count()
     /// # }
     /// let set = PolicySet::new(vec![
-    ///     Policy::new("p", Quota::per_second(10)).algorithm(Algorithm::SlidingWindowCounter),
+    ///     Policy::new("p", Quota::per_second(10)).with_algorithm(Algorithm::SlidingWindowCounter),
     /// ])
     /// .unwrap();
     /// let mut state = vec![None];
@@ -292,7 +292,7 @@ pub enum Algorithm {
     /// use tower_ratelimit::{Algorithm, Policy, PolicySet, Quota};
     ///
     /// let set = PolicySet::new(vec![Policy::concurrency("in-flight", 2)]).unwrap();
-    /// assert_eq!(set.policies()[0].get_algorithm(), Algorithm::Concurrency);
+    /// assert_eq!(set.policies()[0].algorithm(), Algorithm::Concurrency);
     /// let mut state = vec![None];
     /// assert!(decide(&set, &mut state, 0, 1, None).is_allowed());
     /// assert!(decide(&set, &mut state, 0, 1, None).is_allowed());
@@ -389,9 +389,9 @@ impl Algorithm {
 /// use tower_ratelimit::{Algorithm, Policy, Quota};
 ///
 /// let burst = Policy::new("burst", Quota::per_second(10));
-/// let daily = Policy::new("daily", Quota::per_day(10_000)).algorithm(Algorithm::FixedWindow);
+/// let daily = Policy::new("daily", Quota::per_day(10_000)).with_algorithm(Algorithm::FixedWindow);
 /// assert_eq!(daily.name(), "daily");
-/// assert_eq!(burst.get_algorithm(), Algorithm::Gcra);
+/// assert_eq!(burst.algorithm(), Algorithm::Gcra);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Policy {
@@ -415,25 +415,25 @@ impl Policy {
     /// ([`Algorithm::Concurrency`]), with a lease of 30 s: a permit whose
     /// holder stops renewing it (a crashed instance) comes back after at most
     /// that long. For another lease, give the quota yourself:
-    /// `Policy::new(name, Quota::new(limit, lease)).algorithm(Algorithm::Concurrency)`.
+    /// `Policy::new(name, Quota::new(limit, lease)).with_algorithm(Algorithm::Concurrency)`.
     ///
     /// ```
     /// use std::time::Duration;
     /// use tower_ratelimit::{Algorithm, Policy};
     ///
     /// let p = Policy::concurrency("in-flight", 4);
-    /// assert_eq!(p.get_algorithm(), Algorithm::Concurrency);
+    /// assert_eq!(p.algorithm(), Algorithm::Concurrency);
     /// assert_eq!(p.quota().limit(), 4);
     /// assert_eq!(p.quota().period(), Duration::from_secs(30));
     /// ```
     #[must_use]
     pub fn concurrency(name: impl Into<String>, limit: u64) -> Self {
-        Self::new(name, Quota::new(limit, DEFAULT_LEASE)).algorithm(Algorithm::Concurrency)
+        Self::new(name, Quota::new(limit, DEFAULT_LEASE)).with_algorithm(Algorithm::Concurrency)
     }
 
     /// Counts with `algorithm` instead.
     #[must_use]
-    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+    pub fn with_algorithm(mut self, algorithm: Algorithm) -> Self {
         self.algorithm = algorithm;
         self
     }
@@ -452,7 +452,7 @@ impl Policy {
 
     /// The algorithm.
     #[must_use]
-    pub fn get_algorithm(&self) -> Algorithm {
+    pub fn algorithm(&self) -> Algorithm {
         self.algorithm
     }
 }
@@ -492,6 +492,58 @@ pub(crate) struct Params {
     /// Names what the state means: algorithm, limit, period and burst.
     /// Stable across processes, so every instance agrees on it.
     pub(crate) fingerprint: u64,
+}
+
+/// One policy's numbers as every store decides with them, from
+/// [`PolicySet::derived`].
+#[derive(Debug, Clone, Copy)]
+pub struct Derived<'a>(&'a Params);
+
+impl Derived<'_> {
+    /// The algorithm.
+    #[must_use]
+    pub fn algorithm(&self) -> Algorithm {
+        self.0.algorithm
+    }
+
+    /// Units per period.
+    #[must_use]
+    pub fn limit(&self) -> u64 {
+        self.0.limit
+    }
+
+    /// The period in µs, rounded up to a whole µs.
+    #[must_use]
+    pub fn period_micros(&self) -> u64 {
+        self.0.period
+    }
+
+    /// The most units at once: the burst for buckets, the limit otherwise.
+    #[must_use]
+    pub fn burst(&self) -> u64 {
+        self.0.burst
+    }
+
+    /// Ticks per unit: buckets count in ticks, `unit / drain` µs a unit,
+    /// exactly `period / limit` reduced by their common divisor.
+    #[must_use]
+    pub fn unit(&self) -> u64 {
+        self.0.unit
+    }
+
+    /// Ticks a bucket drains per µs.
+    #[must_use]
+    pub fn drain(&self) -> u64 {
+        self.0.drain
+    }
+
+    /// Names the algorithm and quota (not the name), the same in every
+    /// process: a stored state is read only under the fingerprint it was
+    /// written with.
+    #[must_use]
+    pub fn fingerprint(&self) -> u64 {
+        self.0.fingerprint
+    }
 }
 
 impl Params {
@@ -782,6 +834,23 @@ impl PolicySet {
 
     pub(crate) fn params(&self) -> &[Params] {
         &self.params
+    }
+
+    /// The integers each policy is decided with, in order: what a backend
+    /// that runs the algorithms itself (a script in another store) needs
+    /// to agree exactly with [`algorithm::decide`](crate::algorithm::decide).
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, PolicySet, Quota};
+    ///
+    /// let set = PolicySet::new(vec![Policy::new("p", Quota::per_second(3))]).unwrap();
+    /// let p = set.derived().next().unwrap();
+    /// assert_eq!((p.limit(), p.period_micros(), p.burst()), (3, 1_000_000, 3));
+    /// // One unit is `unit` ticks; the bucket drains `drain` ticks a µs.
+    /// assert_eq!(p.unit() * 3, p.drain() * 1_000_000);
+    /// ```
+    pub fn derived(&self) -> impl ExactSizeIterator<Item = Derived<'_>> {
+        self.params.iter().map(Derived)
     }
 
     /// Whether `other` has the same policies (names, algorithms and

@@ -183,8 +183,8 @@ where
         let set = shared.sets.get(index);
         let pending = engine.lease(&key, set, cost);
         let check = Check::new(&key, set, cost)
-            .max_wait(shared.max_wait())
-            .lease(pending.as_ref().map_or(0, PendingHold::id));
+            .with_max_wait(shared.max_wait())
+            .with_lease(pending.as_ref().map_or(0, PendingHold::id));
         let Some(result) = engine.decide_now(check) else {
             let check = engine.decide_later(check);
             let call = Box::new(Call {
@@ -262,8 +262,8 @@ where
                     let set = self.shared.sets.get(index);
                     let pending = engine.lease(key, set, cost);
                     let check = Check::new(key, set, cost)
-                        .max_wait(self.shared.max_wait())
-                        .lease(pending.as_ref().map_or(0, PendingHold::id));
+                        .with_max_wait(self.shared.max_wait())
+                        .with_lease(pending.as_ref().map_or(0, PendingHold::id));
                     match engine.decide_now(check) {
                         Some(result) => settle(result, pending, true),
                         None => Pace::Deciding(

@@ -13,7 +13,7 @@ fn us(n: u64) -> Duration {
 }
 
 fn one(quota: Quota, algorithm: Algorithm) -> PolicySet {
-    PolicySet::new(vec![Policy::new("p", quota).algorithm(algorithm)]).unwrap()
+    PolicySet::new(vec![Policy::new("p", quota).with_algorithm(algorithm)]).unwrap()
 }
 
 /// One key's states for a policy set, driven by scripted requests.
@@ -734,7 +734,7 @@ fn burst_and_window(window: Quota) -> Limiter {
     Limiter::new(
         PolicySet::new(vec![
             Policy::new("burst", Quota::per_second(10).burst(3)),
-            Policy::new("window", window).algorithm(Algorithm::FixedWindow),
+            Policy::new("window", window).with_algorithm(Algorithm::FixedWindow),
         ])
         .unwrap(),
     )
@@ -841,7 +841,7 @@ fn config_error(policies: Vec<Policy>) -> tower_ratelimit::ConfigError {
 }
 
 fn policy(quota: Quota, algorithm: Algorithm) -> Policy {
-    Policy::new("p", quota).algorithm(algorithm)
+    Policy::new("p", quota).with_algorithm(algorithm)
 }
 
 #[test]

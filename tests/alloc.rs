@@ -77,7 +77,7 @@ fn a_decision_of_one_policy_allocates_nothing_for_every_rate_algorithm() {
     for algorithm in Algorithm::RATES {
         let (store, clock) = store();
         let set = PolicySet::new(vec![
-            Policy::new("p", Quota::per_second(50)).algorithm(algorithm),
+            Policy::new("p", Quota::per_second(50)).with_algorithm(algorithm),
         ])
         .unwrap();
         let keys: Vec<Key> = (0..64_u64).map(Key::from).collect();
@@ -118,8 +118,8 @@ fn wait_mode_peeks_and_the_global_key_allocate_nothing() {
     let allocations = per_run(1_000, || {
         clock.advance(Duration::from_micros(300));
         let wait = Some(Duration::from_millis(10));
-        std::hint::black_box(store.decide_now(Check::new(&key, &set, 1).max_wait(wait)));
-        std::hint::black_box(store.decide_now(Check::new(&key, &set, 1).op(Op::Peek)));
+        std::hint::black_box(store.decide_now(Check::new(&key, &set, 1).with_max_wait(wait)));
+        std::hint::black_box(store.decide_now(Check::new(&key, &set, 1).with_op(Op::Peek)));
     });
     assert_eq!(allocations, 0.0);
 }
@@ -129,7 +129,7 @@ fn a_decision_of_two_policies_allocates_their_shared_list_once() {
     let (store, clock) = store();
     let set = PolicySet::new(vec![
         Policy::new("burst", Quota::per_second(100)),
-        Policy::new("daily", Quota::per_day(10_000_000)).algorithm(Algorithm::FixedWindow),
+        Policy::new("daily", Quota::per_day(10_000_000)).with_algorithm(Algorithm::FixedWindow),
     ])
     .unwrap();
     let key = Key::from(42_u64);

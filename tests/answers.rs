@@ -109,7 +109,7 @@ async fn every_field_parses_as_a_structured_field_list_of_integers() {
     let svc = RateLimitLayer::builder()
         .store(fake_store())
         .policy(Policy::new("burst", Quota::per_second(2)))
-        .policy(Policy::new("daily", Quota::per_day(1000)).algorithm(Algorithm::FixedWindow))
+        .policy(Policy::new("daily", Quota::per_day(1000)).with_algorithm(Algorithm::FixedWindow))
         .policy(Policy::concurrency("in-flight", 4))
         .build()
         .unwrap()

@@ -55,7 +55,7 @@ fn every_invalid_configuration_names_its_field() {
         ),
         (
             "burst on a window",
-            one(p(Quota::per_second(1).burst(2)).algorithm(Algorithm::FixedWindow)),
+            one(p(Quota::per_second(1).burst(2)).with_algorithm(Algorithm::FixedWindow)),
             "burst",
             "does not apply",
         ),
@@ -63,7 +63,7 @@ fn every_invalid_configuration_names_its_field() {
             "burst on concurrency",
             one(
                 Policy::new("p", Quota::new(2, Duration::from_secs(30)).burst(3))
-                    .algorithm(Algorithm::Concurrency),
+                    .with_algorithm(Algorithm::Concurrency),
             ),
             "burst",
             "does not apply",
@@ -94,7 +94,7 @@ fn every_invalid_configuration_names_its_field() {
         ),
         (
             "sliding counter beyond 2^32",
-            one(p(Quota::per_day((1 << 32) + 1)).algorithm(Algorithm::SlidingWindowCounter)),
+            one(p(Quota::per_day((1 << 32) + 1)).with_algorithm(Algorithm::SlidingWindowCounter)),
             "limit",
             "2^32",
         ),
@@ -106,7 +106,7 @@ fn every_invalid_configuration_names_its_field() {
         ),
         (
             "concurrency lease too short",
-            one(Policy::new("p", Quota::new(1, us(999))).algorithm(Algorithm::Concurrency)),
+            one(Policy::new("p", Quota::new(1, us(999))).with_algorithm(Algorithm::Concurrency)),
             "period",
             "lease",
         ),
@@ -218,7 +218,7 @@ async fn decide_awkward<St: Store>(store: &St, tag: &str) -> Vec<tower_ratelimit
         let key = Key::from(format!("{tag}-{name}-{key}"));
         for cost in [1, 0, 1, 1, 3] {
             now += 10;
-            let check = Check::new(&key, &set, cost).at_micros(Some(now));
+            let check = Check::new(&key, &set, cost).with_at_micros(Some(now));
             out.push(store.decide(check).await.unwrap());
         }
     }
@@ -264,5 +264,87 @@ fn redis_decides_awkward_keys_exactly_like_memory_and_bounds_their_size() {
             assert_eq!(key.iter().filter(|&&b| b == b'{').count(), 1, "{shown}");
             assert_eq!(key.iter().filter(|&&b| b == b'}').count(), 1, "{shown}");
         }
+    });
+}
+
+/// Quotas at the edges the builder accepts, for every rate algorithm, with
+/// costs that fill them in a few requests: the largest limit and period, a
+/// burst near the bound, and limits that do not divide their period.
+fn extreme_sets() -> Vec<(String, PolicySet)> {
+    const BIG: u64 = (1 << 53) - 1;
+    let quotas = [
+        (
+            "largest limit and period",
+            Quota::new(BIG, Duration::from_micros(BIG)),
+        ),
+        (
+            "largest limit per second",
+            Quota::new(BIG, Duration::from_secs(1)),
+        ),
+        ("a day of 60,001", Quota::per_day(60_001)),
+        (
+            "one per largest period",
+            Quota::new(1, Duration::from_micros(BIG)),
+        ),
+        ("7 per 3 µs", Quota::new(7, Duration::from_micros(3))),
+    ];
+    let mut sets = Vec::new();
+    for algorithm in Algorithm::RATES {
+        for (name, quota) in &quotas {
+            let policy = Policy::new("p", *quota).with_algorithm(algorithm);
+            if let Ok(set) = one(policy) {
+                sets.push((format!("{algorithm:?}, {name}"), set));
+            }
+        }
+    }
+    sets
+}
+
+/// Costs that fill a quota of `limit` in a few steps, overshoot it, and
+/// probe one unit at a time: a quarter, most of the rest, the whole, one.
+fn extreme_costs(limit: u64) -> Vec<u64> {
+    let quarter = (limit / 4).max(1);
+    vec![quarter, limit - quarter, 1, limit, 1, quarter, limit]
+}
+
+async fn decide_extremes<St: Store>(
+    store: &St,
+    tag: &str,
+) -> Vec<(String, tower_ratelimit::Decision)> {
+    let mut out = Vec::new();
+    let mut now = 1_000_000;
+    for (name, set) in extreme_sets() {
+        let key = Key::from(format!("{tag}-{name}"));
+        let limit = set.policies()[0].quota().burst_size();
+        for cost in extreme_costs(limit) {
+            now += 1;
+            let check = Check::new(&key, &set, cost).with_at_micros(Some(now));
+            out.push((name.clone(), store.decide(check).await.unwrap()));
+        }
+    }
+    out
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn redis_decides_quotas_at_the_accepted_extremes_exactly_like_memory() {
+    let server = support::RedisServer::start();
+    support::runtime().block_on(async {
+        let redis = support::redis_store(&server).await;
+        let memory = MemoryStore::new();
+        let from_redis = decide_extremes(&redis, "e").await;
+        let from_memory = decide_extremes(&memory, "e").await;
+        assert!(from_memory.len() > 20, "the builder accepts these");
+        let differ: Vec<_> = from_memory
+            .iter()
+            .zip(&from_redis)
+            .filter(|(m, r)| m != r)
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "{} differ; first (memory, redis): {:#?}",
+            differ.len(),
+            differ.first()
+        );
     });
 }

@@ -199,9 +199,12 @@ mod redis {
                     assert!(!req.body().is_empty(), "the handler failed");
                     Ok::<_, Infallible>(Response::new(String::new()))
                 }));
+            // More crashes than permits: each gives its permit back (by a
+            // release call of its own, awaited here before the next).
             for _ in 0..IN_FLIGHT + 1 {
                 let crashed = tokio::spawn(svc.clone().oneshot(Request::new(String::new())));
                 assert!(crashed.await.unwrap_err().is_panic());
+                assert_eq!(settled(&store).await.1, IN_FLIGHT, "the permit came back");
             }
             let (spent, free) = settled(&store).await;
             assert_eq!(free, IN_FLIGHT);

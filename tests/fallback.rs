@@ -57,7 +57,7 @@ impl Store for Flaky {
                 None,
             ))
         } else {
-            Ok(self.inner.decide_now(check))
+            Ok(MemoryStore::decide_now(&self.inner, check))
         })
     }
 }

@@ -217,7 +217,7 @@ async fn concurrency_and_rate_policies_on_one_layer_admit_all_or_nothing() {
     assert!(header(&res, "retry-after").is_some());
     assert_eq!(
         header(&res, "ratelimit").as_deref(),
-        Some("\"rate\";r=0;t=60, \"in-flight\";r=1")
+        Some("\"rate\";r=0;t=20, \"in-flight\";r=1")
     );
 }
 

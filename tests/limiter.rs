@@ -472,7 +472,7 @@ fn a_permit_whose_holder_vanished_comes_back_after_its_lease() {
     let policy = || {
         vec![
             Policy::new("in-flight", Quota::new(1, lease))
-                .algorithm(tower_ratelimit::Algorithm::Concurrency),
+                .with_algorithm(tower_ratelimit::Algorithm::Concurrency),
         ]
     };
     let key = fresh_key("vanished");
@@ -512,7 +512,7 @@ fn a_held_permit_is_renewed_past_its_lease() {
             support::redis_store(&server).await,
             vec![
                 Policy::new("in-flight", Quota::new(1, lease))
-                    .algorithm(tower_ratelimit::Algorithm::Concurrency),
+                    .with_algorithm(tower_ratelimit::Algorithm::Concurrency),
             ],
         );
         let key = fresh_key("renewed");

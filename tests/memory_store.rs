@@ -11,7 +11,7 @@ use tower_ratelimit::{Algorithm, MemoryStore, Policy, PolicySet, Quota};
 
 fn set(algorithm: Algorithm) -> PolicySet {
     PolicySet::new(vec![
-        Policy::new("per-minute", Quota::per_minute(10)).algorithm(algorithm),
+        Policy::new("per-minute", Quota::per_minute(10)).with_algorithm(algorithm),
     ])
     .unwrap()
 }
@@ -57,7 +57,7 @@ fn a_store_built_for_n_keys_holds_n_keys_of_each_policy_before_it_forgets_any() 
         // Two policies: each holds its own n keys.
         let hourly = PolicySet::new(vec![Policy::new("hourly", Quota::per_hour(1))]).unwrap();
         let daily = PolicySet::new(vec![
-            Policy::new("daily", Quota::per_day(1)).algorithm(Algorithm::FixedWindow),
+            Policy::new("daily", Quota::per_day(1)).with_algorithm(Algorithm::FixedWindow),
         ])
         .unwrap();
         for i in 0..n as u64 {
@@ -147,7 +147,7 @@ fn a_check_at_an_earlier_time_is_decided_at_the_latest_time_the_store_has_seen()
     let d = store.decide_now(Check::new(&key, &set, 1));
     assert_eq!(d.at_micros(), 5_000_000);
     assert_eq!(d.retry_after(), Some(Duration::from_secs(1)));
-    let d = store.decide_now(Check::new(&key, &set, 1).at_micros(Some(1)));
+    let d = store.decide_now(Check::new(&key, &set, 1).with_at_micros(Some(1)));
     assert_eq!(d.at_micros(), 5_000_000);
     // Once it passes the latest time again, it is the clock's time.
     clock.set_micros(6_000_000);
@@ -176,7 +176,7 @@ fn a_reservation_ahead_is_kept_exactly_and_then_folds_back_into_one_word() {
         (300_000, None),
     ] {
         clock.set_micros(at);
-        let got = store.decide_now(Check::new(&key, &set, 1).max_wait(max_wait));
+        let got = store.decide_now(Check::new(&key, &set, 1).with_max_wait(max_wait));
         let want = tower_ratelimit::algorithm::decide(&set, &mut states, at, 1, max_wait);
         assert_eq!(got, want, "at {at} µs");
     }
@@ -255,7 +255,7 @@ fn threads_on_one_key_admit_exactly_the_burst_on_the_one_word_path_and_the_gener
             );
             let set = Arc::new(
                 PolicySet::new(vec![
-                    Policy::new("burst", Quota::per_hour(10).burst(300)).algorithm(algorithm),
+                    Policy::new("burst", Quota::per_hour(10).burst(300)).with_algorithm(algorithm),
                 ])
                 .unwrap(),
             );
@@ -266,7 +266,7 @@ fn threads_on_one_key_admit_exactly_the_burst_on_the_one_word_path_and_the_gener
                         let key = Key::from("shared");
                         (0..200)
                             .filter(|_| {
-                                let check = Check::new(&key, &set, 1).max_wait(max_wait);
+                                let check = Check::new(&key, &set, 1).with_max_wait(max_wait);
                                 store.decide_now(check).is_allowed()
                             })
                             .count()
@@ -317,7 +317,8 @@ fn threads_on_their_own_keys_get_exactly_what_decide_gives_at_the_time_reported(
                 for i in 0..2_000_usize {
                     let k = i % keys.len();
                     let max_wait = (i % 5 == 0).then(|| Duration::from_micros(500));
-                    let got = store.decide_now(Check::new(&keys[k], &set, 1).max_wait(max_wait));
+                    let got =
+                        store.decide_now(Check::new(&keys[k], &set, 1).with_max_wait(max_wait));
                     let want = tower_ratelimit::algorithm::decide(
                         &set,
                         &mut states[k],
@@ -343,7 +344,8 @@ fn threads_on_one_key_admit_exactly_the_quota() {
     let set = Arc::new(
         PolicySet::new(vec![
             Policy::new("burst", Quota::per_second(500)),
-            Policy::new("window", Quota::per_minute(300)).algorithm(Algorithm::SlidingWindowLog),
+            Policy::new("window", Quota::per_minute(300))
+                .with_algorithm(Algorithm::SlidingWindowLog),
         ])
         .unwrap(),
     );
@@ -383,7 +385,7 @@ fn a_policy_of_the_same_name_with_another_configuration_has_its_own_state() {
     let key = Key::from("k");
     let gcra = PolicySet::new(vec![Policy::new("p", Quota::per_second(1))]).unwrap();
     let window = PolicySet::new(vec![
-        Policy::new("p", Quota::per_second(5)).algorithm(Algorithm::FixedWindow),
+        Policy::new("p", Quota::per_second(5)).with_algorithm(Algorithm::FixedWindow),
     ])
     .unwrap();
     assert!(store.decide_now(Check::new(&key, &gcra, 1)).is_allowed());

@@ -48,7 +48,7 @@ impl Spec {
             Some(b) => quota.burst(b),
             None => quota,
         };
-        Policy::new(name, quota).algorithm(self.algorithm)
+        Policy::new(name, quota).with_algorithm(self.algorithm)
     }
 }
 
@@ -464,10 +464,10 @@ proptest! {
         for (i, r) in reqs.iter().enumerate() {
             now += r.gap;
             let max_wait = r.max_wait.map(Duration::from_micros);
-            let check = Check::new(&keys[r.key], &set, r.cost).max_wait(max_wait);
+            let check = Check::new(&keys[r.key], &set, r.cost).with_max_wait(max_wait);
             let from_store = if i % 3 == 0 {
                 // An explicit time overrides the clock.
-                store.decide_now(check.at_micros(Some(now)))
+                store.decide_now(check.with_at_micros(Some(now)))
             } else {
                 clock.set_micros(now);
                 store.decide_now(check)
@@ -541,13 +541,13 @@ proptest! {
             clock.set_micros(now);
             let max_wait = r.max_wait.map(Duration::from_micros);
             let pure = decide(&set, &mut states[r.key], now, r.cost, max_wait);
-            let got = fast.decide_now(Check::new(&keys[r.key], &set, r.cost).max_wait(max_wait));
+            let got = fast.decide_now(Check::new(&keys[r.key], &set, r.cost).with_max_wait(max_wait));
             prop_assert_eq!(&got, &pure, "one-word store, request {}", i);
             let routed = match (max_wait, spec.algorithm) {
                 (None, Algorithm::Gcra | Algorithm::GreedyTokenBucket) => Some(Duration::ZERO),
                 _ => max_wait,
             };
-            let got = general.decide_now(Check::new(&keys[r.key], &set, r.cost).max_wait(routed));
+            let got = general.decide_now(Check::new(&keys[r.key], &set, r.cost).with_max_wait(routed));
             prop_assert_eq!(&got, &pure, "general path, request {}", i);
         }
     }

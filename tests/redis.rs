@@ -55,7 +55,7 @@ fn policy(
     if let (Some(b), false) = (burst, windowed) {
         quota = quota.burst(b);
     }
-    Policy::new(name, quota).algorithm(algorithm)
+    Policy::new(name, quota).with_algorithm(algorithm)
 }
 
 /// One step of a timeline: advance, then ask.
@@ -119,10 +119,10 @@ async fn compare(
         // A lease per request, as the limiter draws them: concurrency
         // policies in Redis hold units per lease.
         let check = Check::new(&key, set, step.cost)
-            .max_wait(max_wait)
-            .lease(i as u64 + 1);
+            .with_max_wait(max_wait)
+            .with_lease(i as u64 + 1);
         let m = memory.decide_now(check);
-        let r = redis.decide(check.at_micros(Some(at))).await.unwrap();
+        let r = redis.decide(check.with_at_micros(Some(at))).await.unwrap();
         if m != r {
             differ.push((i, m, r));
         }
@@ -180,7 +180,8 @@ fn largest_set() -> PolicySet {
         .map(|i| {
             let a = Algorithm::ALL[i % Algorithm::ALL.len()];
             let limit = 5 + i as u64;
-            Policy::new(format!("p{i}"), Quota::new(limit, Duration::from_secs(60))).algorithm(a)
+            Policy::new(format!("p{i}"), Quota::new(limit, Duration::from_secs(60)))
+                .with_algorithm(a)
         })
         .collect();
     PolicySet::new(policies).unwrap()
@@ -220,7 +221,7 @@ fn a_request_rejected_by_one_policy_charges_none() {
         let redis = store(&server).await;
         let set = PolicySet::new(vec![
             Policy::new("burst", Quota::per_second(10)),
-            Policy::new("hourly", Quota::per_hour(2)).algorithm(Algorithm::FixedWindow),
+            Policy::new("hourly", Quota::per_hour(2)).with_algorithm(Algorithm::FixedWindow),
         ])
         .unwrap();
         let key = fresh_key("all-or-nothing");
@@ -267,7 +268,8 @@ fn keys_expire_once_state_is_full_again_even_for_long_periods() {
                 60_000,
             ),
         ] {
-            let set = PolicySet::new(vec![Policy::new("p", quota).algorithm(algorithm)]).unwrap();
+            let set =
+                PolicySet::new(vec![Policy::new("p", quota).with_algorithm(algorithm)]).unwrap();
             let key = fresh_key("ttl");
             let started = Instant::now();
             let d = redis.decide(Check::new(&key, &set, 1)).await.unwrap();
@@ -510,7 +512,7 @@ fn four_instances_share_an_exact_token_bucket_limit() {
     // 500 tokens every second, capacity 500: the refill steps start at the
     // first admission, and each step admits exactly 500.
     let set = PolicySet::new(vec![
-        Policy::new("p", Quota::per_second(500)).algorithm(Algorithm::TokenBucket),
+        Policy::new("p", Quota::per_second(500)).with_algorithm(Algorithm::TokenBucket),
     ])
     .unwrap();
     let times = hammer(&server, &set, 3);
@@ -532,7 +534,7 @@ fn four_instances_never_let_a_sliding_log_window_exceed_the_limit() {
     let period = 500_000;
     let set = PolicySet::new(vec![
         Policy::new("p", Quota::new(limit, Duration::from_micros(period)))
-            .algorithm(Algorithm::SlidingWindowLog),
+            .with_algorithm(Algorithm::SlidingWindowLog),
     ])
     .unwrap();
     let times = hammer(&server, &set, 3);
@@ -595,8 +597,9 @@ mod cluster {
             let redis = cluster_store(&cluster).await;
             let set = PolicySet::new(vec![
                 Policy::new("burst", Quota::per_second(5)),
-                Policy::new("minute", Quota::per_minute(7)).algorithm(Algorithm::SlidingWindowLog),
-                Policy::new("hour", Quota::per_hour(9)).algorithm(Algorithm::FixedWindow),
+                Policy::new("minute", Quota::per_minute(7))
+                    .with_algorithm(Algorithm::SlidingWindowLog),
+                Policy::new("hour", Quota::per_hour(9)).with_algorithm(Algorithm::FixedWindow),
             ])
             .unwrap();
             let mut slots_seen = HashSet::new();

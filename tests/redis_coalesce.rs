@@ -48,7 +48,7 @@ fn policy(
     if let (Some(b), false) = (burst, windowed) {
         quota = quota.burst(b);
     }
-    Policy::new(name, quota).algorithm(algorithm)
+    Policy::new(name, quota).with_algorithm(algorithm)
 }
 
 fn policies() -> impl Strategy<Value = PolicySet> {
@@ -97,10 +97,10 @@ const START: u64 = 1_763_800_000_000_000;
 
 fn check<'a>(key: &'a Key, set: &'a PolicySet, ask: &Ask, at: u64, lease: u64) -> Check<'a> {
     Check::new(key, set, ask.cost)
-        .op(if ask.peek { Op::Peek } else { Op::Acquire })
-        .max_wait(ask.wait.then(|| Duration::from_millis(1500)))
-        .at_micros(Some(at))
-        .lease(lease)
+        .with_op(if ask.peek { Op::Peek } else { Op::Acquire })
+        .with_max_wait(ask.wait.then(|| Duration::from_millis(1500)))
+        .with_at_micros(Some(at))
+        .with_lease(lease)
 }
 
 #[test]

@@ -53,7 +53,7 @@ fn policy(
     if let (Some(b), false) = (burst, windowed) {
         quota = quota.burst(b);
     }
-    Policy::new(name, quota).algorithm(algorithm)
+    Policy::new(name, quota).with_algorithm(algorithm)
 }
 
 fn policies() -> impl Strategy<Value = PolicySet> {
@@ -106,9 +106,9 @@ const START: u64 = 1_763_800_000_000_000;
 fn check<'a>(key: &'a Key, set: &'a PolicySet, step: &Step, at: u64) -> Check<'a> {
     let max_wait = step.wait.then(|| Duration::from_millis(1500));
     Check::new(key, set, step.cost)
-        .op(step.op)
-        .max_wait(max_wait)
-        .at_micros(Some(at))
+        .with_op(step.op)
+        .with_max_wait(max_wait)
+        .with_at_micros(Some(at))
 }
 
 #[test]
@@ -223,9 +223,9 @@ fn a_flood_on_a_denied_key_costs_no_redis_call() {
         }
         assert_eq!(calls(&server), before, "every denial was answered here");
         // A peek is answered alike; so is the layer's synchronous path.
-        let peek = Check::new(&key, &set, 1).op(Op::Peek);
+        let peek = Check::new(&key, &set, 1).with_op(Op::Peek);
         assert!(!redis.decide(peek).await.unwrap().is_allowed());
-        assert!(redis.decide_sync(Check::new(&key, &set, 1)).is_some());
+        assert!(redis.decide_now(Check::new(&key, &set, 1)).is_some());
         assert_eq!(calls(&server), before);
     });
 }
@@ -253,14 +253,14 @@ fn a_reset_here_forgets_the_cached_denial() {
                 .is_allowed()
         );
         assert!(
-            redis.decide_sync(Check::new(&key, &set, 1)).is_some(),
+            redis.decide_now(Check::new(&key, &set, 1)).is_some(),
             "cached"
         );
         redis
-            .decide(Check::new(&key, &set, 0).op(Op::Reset))
+            .decide(Check::new(&key, &set, 0).with_op(Op::Reset))
             .await
             .unwrap();
-        assert!(redis.decide_sync(Check::new(&key, &set, 1)).is_none());
+        assert!(redis.decide_now(Check::new(&key, &set, 1)).is_none());
         assert!(
             redis
                 .decide(Check::new(&key, &set, 1))
@@ -294,8 +294,8 @@ fn a_changed_quota_is_not_answered_by_the_old_denial() {
                 .unwrap()
                 .is_allowed()
         );
-        assert!(redis.decide_sync(Check::new(&key, &one, 1)).is_some());
-        assert!(redis.decide_sync(Check::new(&key, &two, 1)).is_none());
+        assert!(redis.decide_now(Check::new(&key, &one, 1)).is_some());
+        assert!(redis.decide_now(Check::new(&key, &two, 1)).is_none());
         assert!(
             redis
                 .decide(Check::new(&key, &two, 1))
@@ -314,22 +314,22 @@ fn a_full_concurrency_policy_is_never_answered_from_the_cache() {
         let redis = store(&server, true).await;
         let set = PolicySet::new(vec![Policy::concurrency("in-flight", 1)]).unwrap();
         let key = fresh_key("busy");
-        let hold = Check::new(&key, &set, 1).lease(1);
+        let hold = Check::new(&key, &set, 1).with_lease(1);
         assert!(redis.decide(hold).await.unwrap().is_allowed());
         let busy = redis
-            .decide(Check::new(&key, &set, 1).lease(2))
+            .decide(Check::new(&key, &set, 1).with_lease(2))
             .await
             .unwrap();
         assert!(busy.is_busy());
         assert!(
             redis
-                .decide_sync(Check::new(&key, &set, 1).lease(2))
+                .decide_now(Check::new(&key, &set, 1).with_lease(2))
                 .is_none()
         );
-        redis.decide(hold.op(Op::Release)).await.unwrap();
+        redis.decide(hold.with_op(Op::Release)).await.unwrap();
         assert!(
             redis
-                .decide(Check::new(&key, &set, 1).lease(2))
+                .decide(Check::new(&key, &set, 1).with_lease(2))
                 .await
                 .unwrap()
                 .is_allowed()

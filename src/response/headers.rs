@@ -98,7 +98,7 @@ impl Figures {
 /// no window for a concurrency policy.
 fn policy_figures(policy: &Policy) -> (u64, Option<u64>) {
     let quota = policy.quota();
-    let window = (policy.get_algorithm() != Algorithm::Concurrency)
+    let window = (policy.algorithm() != Algorithm::Concurrency)
         .then(|| field_integer(whole_seconds(quota.period())));
     (field_integer(quota.limit()), window)
 }

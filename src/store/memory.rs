@@ -490,11 +490,12 @@ impl<C: Clock> MemoryStore<C> {
         self.len() == 0
     }
 
-    /// Decides `check` now, synchronously.
+    /// Decides `check` now, synchronously: [`Store::decide_now`], which
+    /// for this store always answers and never fails.
     pub fn decide_now(&self, check: Check<'_>) -> Decision {
         let inner = &*self.inner;
         let asked = check
-            .get_at_micros()
+            .at_micros()
             .unwrap_or_else(|| inner.clock.now_micros());
         let key = inner.hasher.slot(check.key());
         let mut shard = lock(&inner.shards[inner.shard_of(&key)]);
@@ -502,10 +503,7 @@ impl<C: Clock> MemoryStore<C> {
         shard.now = now;
         let set = check.policies();
         if let [p] = set.params() {
-            if p.algorithm.is_level()
-                && check.get_op() == Op::Acquire
-                && check.get_max_wait().is_none()
-            {
+            if p.algorithm.is_level() && check.op() == Op::Acquire && check.max_wait().is_none() {
                 if let Some(d) = shard.decide_tat(inner, p, &key, now, check.cost()) {
                     return d;
                 }
@@ -543,12 +541,12 @@ impl<C: Clock> Store for MemoryStore<C> {
     type Future = Ready<Result<Decision, StoreError>>;
 
     fn decide(&self, check: Check<'_>) -> Self::Future {
-        ready(Ok(self.decide_now(check)))
+        ready(Ok(MemoryStore::decide_now(self, check)))
     }
 
     #[inline]
-    fn decide_sync(&self, check: Check<'_>) -> Option<Result<Decision, StoreError>> {
-        Some(Ok(self.decide_now(check)))
+    fn decide_now(&self, check: Check<'_>) -> Option<Result<Decision, StoreError>> {
+        Some(Ok(MemoryStore::decide_now(self, check)))
     }
 }
 
@@ -651,9 +649,9 @@ impl Shard {
         let states = states.as_mut();
         algorithm::trim(set, states, now);
         let cost = check.cost();
-        let decision = match check.get_op() {
-            Op::Acquire => algorithm::decide(set, states, now, cost, check.get_max_wait()),
-            Op::Peek => algorithm::check(set, states, now, cost, check.get_max_wait()),
+        let decision = match check.op() {
+            Op::Acquire => algorithm::decide(set, states, now, cost, check.max_wait()),
+            Op::Peek => algorithm::check(set, states, now, cost, check.max_wait()),
             Op::Release => {
                 algorithm::release(set, states, cost);
                 algorithm::check(set, states, now, 0, None)

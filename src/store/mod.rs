@@ -80,7 +80,7 @@ impl<'a> Check<'a> {
 
     /// Asks for `op` instead of [`Op::Acquire`].
     #[must_use]
-    pub fn op(mut self, op: Op) -> Self {
+    pub fn with_op(mut self, op: Op) -> Self {
         self.op = op;
         self
     }
@@ -90,14 +90,14 @@ impl<'a> Check<'a> {
     /// [`Op::Release`]. Ids must be unique among a key's holders (the
     /// limiter draws them at random).
     #[must_use]
-    pub fn lease(mut self, id: u64) -> Self {
+    pub fn with_lease(mut self, id: u64) -> Self {
         self.lease = id;
         self
     }
 
     /// Wait mode: the request may take a slot up to `max` ahead.
     #[must_use]
-    pub fn max_wait(mut self, max: Option<Duration>) -> Self {
+    pub fn with_max_wait(mut self, max: Option<Duration>) -> Self {
         self.max_wait = max;
         self
     }
@@ -107,7 +107,7 @@ impl<'a> Check<'a> {
     /// own clock: with a given time, `RedisStore` keeps them a minute
     /// longer than their state needs.)
     #[must_use]
-    pub fn at_micros(mut self, at: Option<u64>) -> Self {
+    pub fn with_at_micros(mut self, at: Option<u64>) -> Self {
         self.at_micros = at;
         self
     }
@@ -132,25 +132,25 @@ impl<'a> Check<'a> {
 
     /// `None` in reject mode; the longest wait for a slot in wait mode.
     #[must_use]
-    pub fn get_max_wait(&self) -> Option<Duration> {
+    pub fn max_wait(&self) -> Option<Duration> {
         self.max_wait
     }
 
     /// The explicit decision time, if any.
     #[must_use]
-    pub fn get_at_micros(&self) -> Option<u64> {
+    pub fn at_micros(&self) -> Option<u64> {
         self.at_micros
     }
 
     /// What is asked.
     #[must_use]
-    pub fn get_op(&self) -> Op {
+    pub fn op(&self) -> Op {
         self.op
     }
 
     /// The lease id (0 when none was given).
     #[must_use]
-    pub fn get_lease(&self) -> u64 {
+    pub fn lease(&self) -> u64 {
         self.lease
     }
 }
@@ -167,7 +167,7 @@ impl<'a> Check<'a> {
 /// or to reset the key. Answers to `Release` and `Reset` are admitted
 /// decisions describing the state after them.
 ///
-/// A store that answers later (its [`decide_sync`](Store::decide_sync) is
+/// A store that answers later (its [`decide_now`](Store::decide_now) is
 /// `None`) may be sent a `Release` for a lease it never granted: when a
 /// decision holding a lease fails or is dropped before its answer, the
 /// lease is released in case the store granted it. Such a release must
@@ -184,7 +184,7 @@ pub trait Store: Send + Sync + 'static {
     /// Decides `check` at once if the store can without waiting (an
     /// in-memory store), so the layer skips holding the request while a
     /// future resolves. `None` (the default) means: use [`decide`](Self::decide).
-    fn decide_sync(&self, check: Check<'_>) -> Option<Result<Decision, StoreError>> {
+    fn decide_now(&self, check: Check<'_>) -> Option<Result<Decision, StoreError>> {
         let _ = check;
         None
     }
@@ -197,7 +197,7 @@ impl<S: Store> Store for std::sync::Arc<S> {
         (**self).decide(check)
     }
 
-    fn decide_sync(&self, check: Check<'_>) -> Option<Result<Decision, StoreError>> {
-        (**self).decide_sync(check)
+    fn decide_now(&self, check: Check<'_>) -> Option<Result<Decision, StoreError>> {
+        (**self).decide_now(check)
     }
 }

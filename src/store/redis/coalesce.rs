@@ -198,10 +198,10 @@ impl Lanes {
         // earlier ones do.
         while let Some(w) = lane.queue.front() {
             let check = Check::new(key, &lane.set, w.request.cost)
-                .op(w.op)
-                .max_wait(w.request.max_wait)
-                .at_micros(w.at)
-                .lease(w.request.lease);
+                .with_op(w.op)
+                .with_max_wait(w.request.max_wait)
+                .with_at_micros(w.at)
+                .with_lease(w.request.lease);
             let Some(d) = denied.answer(&check) else {
                 break;
             };

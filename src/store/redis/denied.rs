@@ -103,9 +103,7 @@ impl Denied {
     /// The decision for `check`, when the states held for its key and
     /// policies deny it.
     pub(crate) fn answer(&self, check: &Check<'_>) -> Option<Decision> {
-        if self.len.load(Ordering::Relaxed) == 0
-            || !matches!(check.get_op(), Op::Acquire | Op::Peek)
-        {
+        if self.len.load(Ordering::Relaxed) == 0 || !matches!(check.op(), Op::Acquire | Op::Peek) {
             return None;
         }
         let set = check.policies();
@@ -113,7 +111,7 @@ impl Denied {
         let list = map.get_mut(check.key())?;
         let i = list.iter().position(|e| e.set.same_as(set))?;
         let e = &list[i];
-        let t = check.get_at_micros().unwrap_or_else(|| e.redis_now());
+        let t = check.at_micros().unwrap_or_else(|| e.redis_now());
         if t < e.read_at || t >= e.until {
             list.swap_remove(i);
             if list.is_empty() {
@@ -122,7 +120,7 @@ impl Denied {
             }
             return None;
         }
-        let d = algorithm::check_view(set, &e.states, t, check.cost(), check.get_max_wait())?;
+        let d = algorithm::check_view(set, &e.states, t, check.cost(), check.max_wait())?;
         (!d.is_allowed()).then_some(d)
     }
 
@@ -219,7 +217,7 @@ mod tests {
         }
         // The newest is held, and answers.
         let last = Key::from(99_u64);
-        let check = Check::new(&last, &set, 1).at_micros(Some(2_000));
+        let check = Check::new(&last, &set, 1).with_at_micros(Some(2_000));
         assert!(cache.answer(&check).is_some_and(|d| !d.is_allowed()));
     }
 
@@ -235,7 +233,7 @@ mod tests {
             sent: Instant::now(),
         };
         cache.update(&key, &set, read(&states), &d);
-        let at = |t| Check::new(&key, &set, 1).at_micros(Some(t));
+        let at = |t| Check::new(&key, &set, 1).with_at_micros(Some(t));
         assert!(cache.answer(&at(30_000_000)).is_some());
         // The retry time has come: no longer used, and dropped.
         assert!(cache.answer(&at(60_001_000)).is_none());

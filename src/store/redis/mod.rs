@@ -75,6 +75,19 @@ pub enum RedisConnection {
     Sentinel(SentinelConnection),
 }
 
+impl fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RedisConnection::Manager(_) => "RedisConnection::Manager",
+            RedisConnection::Multiplexed(_) => "RedisConnection::Multiplexed",
+            #[cfg(feature = "redis-cluster")]
+            RedisConnection::Cluster(_) => "RedisConnection::Cluster",
+            #[cfg(feature = "redis-sentinel")]
+            RedisConnection::Sentinel(_) => "RedisConnection::Sentinel",
+        })
+    }
+}
+
 impl From<ConnectionManager> for RedisConnection {
     fn from(c: ConnectionManager) -> Self {
         RedisConnection::Manager(c)
@@ -918,7 +931,7 @@ impl Store for RedisStore {
         })
     }
 
-    fn decide_sync(&self, check: Check<'_>) -> Option<Result<Decision, StoreError>> {
+    fn decide_now(&self, check: Check<'_>) -> Option<Result<Decision, StoreError>> {
         // Only a denial the cache proves is decided without Redis, and not
         // while a call of this store is about to change the key's state.
         if self.inner.coalesce && self.inner.lanes.busy(check.key(), check.policies()) {
@@ -1060,12 +1073,12 @@ struct Call {
 
 impl Call {
     fn of(check: &Check<'_>) -> Self {
-        let op = check.get_op();
+        let op = check.op();
         Self {
             set: check.policies().clone(),
             op,
-            wait: check.get_max_wait().is_some() && matches!(op, Op::Acquire | Op::Peek),
-            at: check.get_at_micros(),
+            wait: check.max_wait().is_some() && matches!(op, Op::Acquire | Op::Peek),
+            at: check.at_micros(),
         }
     }
 
@@ -1096,8 +1109,8 @@ impl Request {
     fn of(check: &Check<'_>) -> Self {
         Self {
             cost: check.cost(),
-            max_wait: check.get_max_wait(),
-            lease: check.get_lease(),
+            max_wait: check.max_wait(),
+            lease: check.lease(),
         }
     }
 }

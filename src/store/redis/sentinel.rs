@@ -19,6 +19,12 @@ use redis::{AsyncConnectionConfig, Cmd, RedisError, RedisResult, Value};
 #[derive(Clone)]
 pub struct SentinelConnection(Arc<Shared>);
 
+impl std::fmt::Debug for SentinelConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelConnection").finish_non_exhaustive()
+    }
+}
+
 struct Shared {
     /// Asks the sentinels; one call at a time looks for the master.
     client: tokio::sync::Mutex<SentinelClient>,
