@@ -43,7 +43,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::script::has_concurrency;
 use crate::algorithm::{self, State};
 use crate::clock::duration_micros;
 use crate::decision::Decision;
@@ -131,7 +130,7 @@ impl Denied {
         if self.max_keys == 0 {
             return;
         }
-        if last.is_allowed() || has_concurrency(set) {
+        if last.is_allowed() || set.has_concurrency() {
             self.forget(key);
             return;
         }

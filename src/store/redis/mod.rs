@@ -219,6 +219,13 @@ impl RedisConnection {
 ///   standalone Redis (a Cluster node or a Sentinel is refused, naming the
 ///   constructor to use) and at least [`MIN_REDIS_VERSION`]; a
 ///   [`ConnectError`] says what is wrong.
+/// - Fewer calls, the same answers (both on by default, both can be turned
+///   off): a key Redis turned away is turned away locally until its
+///   states could admit it again
+///   ([`denied_cache`](RedisStoreBuilder::denied_cache)), and requests for
+///   one key arriving while its call is in flight go together in the next
+///   call, decided one by one in arrival order
+///   ([`coalesce`](RedisStoreBuilder::coalesce)).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), tower_ratelimit::BoxError> {
@@ -297,7 +304,9 @@ impl RedisStore {
         Self::builder().connect(url).await
     }
 
-    /// Configures a store: key prefix, deadlines, cool-down, credentials.
+    /// Configures a store: key prefix, deadlines, cool-down, credentials,
+    /// the [denied cache](RedisStoreBuilder::denied_cache) and
+    /// [coalescing](RedisStoreBuilder::coalesce) (both on by default).
     pub fn builder() -> RedisStoreBuilder {
         RedisStoreBuilder {
             prefix: DEFAULT_PREFIX.to_owned(),
@@ -535,21 +544,39 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Keeps the denials of up to `max_keys` keys (default 10,000), each
-    /// for at most `max_age` (default 1 s), and turns away locally, with no
-    /// Redis call, what they prove Redis would turn away: a key flooded
-    /// while over its limit costs Redis about one call per `max_age`.
-    /// `max_keys` 0 turns this off.
+    /// The denied cache: an exact local cache of denials, **on by
+    /// default** (10,000 keys, 1 s). After Redis turns a request away, the
+    /// store keeps the states that reply left for its key and policy set,
+    /// and turns away locally, with no Redis call, any later request for
+    /// them that those states deny, with the answer the script gives on
+    /// them. A key flooded while over its limit costs Redis about one call
+    /// per `max_age` (or per retry time, if shorter) instead of one per
+    /// request. `max_keys` 0 turns it off:
+    /// `.denied_cache(0, Duration::ZERO)`.
     ///
-    /// Exact: a request is denied here only when the states Redis's last
-    /// reply left for its key and policies deny it at the latest time
-    /// Redis's clock can show, which no request admitted elsewhere since
-    /// can change (every algorithm is monotone in what it counts); the
-    /// answer is the one the script gives on those states. What this
-    /// instance does not see: another instance's [reset](crate::RateLimiter::reset)
-    /// of the key, for up to `max_age`. Policy sets with a
-    /// [concurrency](crate::Algorithm::Concurrency) policy are never cached:
-    /// a release frees units at any time.
+    /// Why it is exact: a request is denied here only when the cached
+    /// states deny it at the latest time Redis's clock can show (the
+    /// reply's time, plus what has elapsed here since the call was sent,
+    /// plus 0.1% for clocks that run apart). Whatever other instances
+    /// admitted since only adds to what Redis counts, and every algorithm
+    /// is monotone in what it counts and in time, so Redis would deny it
+    /// too. An entry is used until the denial's retry time or for
+    /// `max_age`, whichever comes first, and is forgotten when this store
+    /// admits a request for the key, resets the key, or sees the policy
+    /// set with a changed quota (which names other Redis keys).
+    ///
+    /// Bounds:
+    /// - memory: at most `max_keys` keys; when full, expired entries are
+    ///   swept, then an eighth of the keys dropped;
+    /// - another instance's [reset](crate::RateLimiter::reset) of the key
+    ///   goes unseen here for up to `max_age`;
+    /// - when another instance spent on the key since, the answer is the
+    ///   same denial, with `remaining` and the retry time as of this
+    ///   store's last reply (in reject mode a retry time no later than
+    ///   Redis's).
+    ///
+    /// Policy sets with a [concurrency](crate::Algorithm::Concurrency)
+    /// policy are never cached: a release frees units at any time.
     ///
     /// ```
     /// use std::time::Duration;
@@ -565,14 +592,23 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Whether requests for a key that arrive while a call for it is in
-    /// flight wait for it and then go together in one call (default: yes).
+    /// Coalescing, **on by default**: requests for a key (and policy set)
+    /// that arrive while this store's call for it is in flight wait for
+    /// that call, then go to Redis together in one call. `false` turns it
+    /// off: every request sends its own call.
     ///
     /// The script decides them one by one, in the order they arrived, each
     /// all or nothing as if alone: the same answers as one call each, made
     /// back to back at one Redis `TIME`. A hot key then costs Redis one
-    /// call per round trip rather than one per request. A request waiting
-    /// behind a call has twice the deadline: for that call and its own.
+    /// call per round trip rather than one per request. Only acquires and
+    /// peeks are coalesced; a queued request whose caller goes away before
+    /// its call is sent counts for nothing.
+    ///
+    /// Bounds: a call decides at most 512 requests, and a request finding
+    /// 512 already queued goes alone, outside the queue; a request waiting
+    /// behind a call has twice the [deadline](Self::timeout), for that call
+    /// and its own, and is decided at the Redis `TIME` of the call it goes
+    /// in, which is sent once the call ahead of it is answered.
     ///
     /// ```
     /// use tower_ratelimit::store::RedisStore;
@@ -1155,7 +1191,7 @@ fn command(prefix: &str, script: &Script, tag: &[u8], call: &Call, requests: &[R
         }
     }
     cmd.arg(&params[..len]);
-    let leased = script::has_concurrency(set);
+    let leased = set.has_concurrency();
     match call.op {
         Op::Release | Op::Renew => {
             let r = requests[0];

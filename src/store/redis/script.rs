@@ -148,13 +148,6 @@ pub(crate) fn param_values(p: &Params) -> ([u64; 4], usize) {
     (values, f.params.len())
 }
 
-/// Whether `set` has a concurrency policy: its requests carry a lease id.
-pub(crate) fn has_concurrency(set: &PolicySet) -> bool {
-    set.params()
-        .iter()
-        .any(|p| p.algorithm == Algorithm::Concurrency)
-}
-
 /// The script for `set`'s algorithms and `shape`.
 pub(crate) fn generate(set: &PolicySet, shape: Shape) -> Script {
     let algorithms: Vec<Algorithm> = set.params().iter().map(|p| p.algorithm).collect();
