@@ -1162,7 +1162,8 @@ fn memory_log(set: &PolicySet, n: u64, start: u64, day: u64) -> (f64, f64) {
                 let from = from + b * LOG_DECISIONS;
                 let t = Instant::now();
                 for j in 0..LOG_DECISIONS {
-                    let d = store.decide_now(Check::new(&key, set, 1).with_at_micros(Some(from + j)));
+                    let d =
+                        store.decide_now(Check::new(&key, set, 1).with_at_micros(Some(from + j)));
                     assert!(d.is_allowed());
                 }
                 t.elapsed().as_secs_f64() * 1e9 / LOG_DECISIONS as f64
