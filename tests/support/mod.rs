@@ -21,6 +21,8 @@ pub struct RedisServer {
     dir: PathBuf,
     /// Commands on the plain port need TLS instead (`--port 0`).
     tls_port: Option<u16>,
+    /// The arguments it was started with, beside the port and directory.
+    extra: Vec<String>,
 }
 
 /// A free TCP port on 127.0.0.1 whose cluster bus port (+10000) is free too.
@@ -114,6 +116,7 @@ impl RedisServer {
             port,
             dir,
             tls_port: None,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -260,6 +263,18 @@ impl RedisServer {
         let mut server = Self::spawn_in(dir, free_port(), &args);
         server.tls_port = Some(tls_port);
         (server, ca)
+    }
+
+    /// Kills the server (`SIGKILL`) and starts an empty one on the same
+    /// port with the same arguments, as a crashed Redis that comes back
+    /// without persistence: no keys, no scripts, no functions, every
+    /// client disconnected. Returns once it answers `PING`.
+    pub fn restart(&mut self) {
+        self.kill();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        // A new directory: dropping the old server removes its own.
+        let fresh = Self::spawn_in(temp_dir("redis"), self.port, &extra);
+        drop(std::mem::replace(self, fresh));
     }
 }
 

@@ -7,7 +7,10 @@
 //! it answers: an answer closes the breaker, a failure opens it for another
 //! cool-down. A probe dropped before it is answered hands the probe on to
 //! the next call. Data errors on one key (`WRONGTYPE`) are answers: they
-//! say the node works.
+//! say the node works. A lost connection fails every call in flight on it
+//! at once: that is one failure, not one per call, so a connection killed
+//! under load (`CLIENT KILL`, a proxy's reset) costs a reconnection, not a
+//! cool-down.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +28,8 @@ pub(crate) struct Breaker {
     open_until: AtomicU64,
     /// A probe is in flight.
     probing: AtomicBool,
+    /// µs since `start` when the last lost connection was counted.
+    lost_at: AtomicU64,
 }
 
 /// Whether a call may go.
@@ -81,6 +86,7 @@ impl Breaker {
             start: Instant::now(),
             open_until: AtomicU64::new(0),
             probing: AtomicBool::new(false),
+            lost_at: AtomicU64::new(0),
         }
     }
 
@@ -136,6 +142,16 @@ impl Breaker {
             }
         }
     }
+
+    /// Takes in a call admitted with [`Admit::Go`] and sent at `sent` that
+    /// failed because its connection was lost: a failure, unless a loss
+    /// counted since it was sent was the same one.
+    pub(crate) fn record_lost(&self, sent: Instant) {
+        let sent = duration_micros(sent.saturating_duration_since(self.start)).saturating_add(1);
+        if self.lost_at.fetch_max(self.now(), Ordering::Relaxed) <= sent {
+            self.record(false);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +198,23 @@ mod tests {
         };
         probe.finish(false);
         assert!(matches!(b.admit(), Admit::Skip), "open for another minute");
+    }
+
+    #[test]
+    fn calls_in_flight_on_a_lost_connection_fail_as_one() {
+        let b = Breaker::new(2, Duration::from_secs(60));
+        let sent = Instant::now();
+        std::thread::sleep(Duration::from_millis(1));
+        for _ in 0..10 {
+            b.record_lost(sent);
+        }
+        assert!(matches!(b.admit(), Admit::Go), "ten calls, one loss");
+        std::thread::sleep(Duration::from_millis(1));
+        b.record_lost(Instant::now());
+        assert!(
+            matches!(b.admit(), Admit::Skip),
+            "a call sent after it: a second"
+        );
     }
 
     #[test]

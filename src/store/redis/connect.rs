@@ -361,8 +361,9 @@ impl Access {
             .set_connection_timeout(Some(self.connect_timeout))
             // Each call has the store's own deadline.
             .set_response_timeout(None)
-            // Back within half a second of Redis coming back.
-            .set_max_delay(Duration::from_millis(500));
+            // Back within half a second of Redis coming back: the jitter
+            // adds up to as much again to each delay between attempts.
+            .set_max_delay(Duration::from_millis(250));
         within(self.connect_timeout, &addr, async {
             client
                 .get_connection_manager_with_config(config)

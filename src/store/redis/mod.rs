@@ -212,7 +212,9 @@ impl RedisConnection {
 ///   row (on Cluster: of one master) the store skips that Redis (that
 ///   master's keys) for a cool-down (default 1 s), failing at once, so a
 ///   dead Redis adds no latency to every request; then one request probes
-///   it, and only its answer lets all traffic back. The layer's
+///   it, and only its answer lets all traffic back. The calls in flight on
+///   a connection that is lost fail together and count as one failure: a
+///   killed connection costs a reconnection, not a cool-down. The layer's
 ///   [`FailurePolicy`](crate::FailurePolicy) decides what a failure means.
 /// - [`RedisStore::connect`] checks what it reached within its connect
 ///   timeout (default 2 s): the credentials, that the server is a
@@ -488,7 +490,8 @@ impl RedisStoreBuilder {
     /// After `failures` availability failures in a row, skip Redis (on
     /// Cluster, the failing master's keys) for `cool_down` (default: 5
     /// failures, 1 s); then one request probes it. `Duration::MAX` means
-    /// never come back on its own.
+    /// never come back on its own. The calls in flight on a lost
+    /// connection count as one failure.
     ///
     /// ```
     /// use std::time::Duration;
@@ -1029,9 +1032,10 @@ impl Inner {
         let result = send(self, conn, &script, &cmd, &call.set, replies).await;
         // Only availability failures count; a data error is an answer.
         let answered = !matches!(&result, Err(e) if is_availability(e));
-        match probe {
-            Some(p) => p.finish(answered),
-            None => breaker.record(answered),
+        match (probe, &result) {
+            (Some(p), _) => p.finish(answered),
+            (None, Err(e)) if is_lost_connection(e) => breaker.record_lost(sent),
+            (None, _) => breaker.record(answered),
         }
         #[cfg(feature = "redis-cluster")]
         if let RedisConnection::Cluster(c) = conn
@@ -1057,6 +1061,15 @@ fn is_availability(e: &StoreError) -> bool {
         e.kind(),
         StoreErrorKind::Timeout | StoreErrorKind::Unavailable
     )
+}
+
+/// Whether `e` is the loss of the connection (or a failure to make one),
+/// which every call in flight on it shares.
+fn is_lost_connection(e: &StoreError) -> bool {
+    e.kind() == StoreErrorKind::Unavailable
+        && std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<RedisError>())
+            .is_some_and(RedisError::is_io_error)
 }
 
 impl Inner {
@@ -1445,6 +1458,12 @@ fn is_unavailable(e: &RedisError) -> bool {
 fn store_error(e: RedisError) -> StoreError {
     let (kind, what) = if e.is_timeout() {
         (StoreErrorKind::Timeout, "Redis did not answer in time")
+    } else if e.code() == Some("OOM") {
+        (
+            StoreErrorKind::Unavailable,
+            "Redis is out of memory and refuses writes (maxmemory reached, with a \
+             noeviction policy or nothing left to evict)",
+        )
     } else if is_unavailable(&e) {
         (StoreErrorKind::Unavailable, "Redis is unavailable")
     } else if e.code().is_some() {
