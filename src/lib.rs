@@ -37,3 +37,14 @@ pub use service::RateLimit;
 #[cfg(feature = "memory")]
 pub use store::MemoryStore;
 pub use store::Store;
+
+/// Hooks for `cargo fuzz`, built only with `--cfg fuzzing`.
+#[cfg(all(fuzzing, feature = "redis"))]
+#[doc(hidden)]
+pub mod __fuzz {
+    /// Reads `data` as a Redis script's reply and replays the decisions
+    /// on it: an error or decisions, never a panic.
+    pub fn redis_reply(data: &[u8]) {
+        crate::store::fuzz_reply(data);
+    }
+}

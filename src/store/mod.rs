@@ -10,6 +10,8 @@
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(all(fuzzing, feature = "redis"))]
+pub(crate) use redis::fuzz_reply;
 
 use std::future::Future;
 use std::time::Duration;

@@ -8,6 +8,10 @@ mod denied;
 mod keys;
 mod nodes;
 mod reply;
+
+/// The reply fuzzing harness, for `cargo fuzz` (`--cfg fuzzing`).
+#[cfg(fuzzing)]
+pub(crate) use reply::fuzz as fuzz_reply;
 mod script;
 #[cfg(feature = "redis-sentinel")]
 mod sentinel;

@@ -174,3 +174,154 @@ fn state(algorithm: Algorithm, view: Value) -> Result<Option<State>, StoreError>
     };
     Ok(Some(State(repr)))
 }
+
+/// Whatever bytes are given, read as a script's reply to a few policy sets
+/// and costs, and every request replayed on it as the store does: an error
+/// or decisions, never a panic. The harness of the reply fuzzing (the
+/// `redis_reply` target in `fuzz/` and the property test below).
+#[cfg(any(test, fuzzing))]
+pub(crate) fn fuzz(data: &[u8]) {
+    use crate::quota::{Policy, Quota};
+    use std::time::Duration;
+
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let algorithm = Algorithm::ALL[usize::from(pick) % Algorithm::ALL.len()];
+    let quota = |limit| Quota::new(limit, Duration::from_secs(60));
+    let policy = |name: &str, limit| {
+        let p = Policy::new(name, quota(limit));
+        if algorithm == Algorithm::Concurrency {
+            Policy::concurrency(name, limit)
+        } else {
+            p.with_algorithm(algorithm)
+        }
+    };
+    let policies = if pick & 0x80 == 0 {
+        vec![policy("a", 5)]
+    } else {
+        vec![
+            policy("a", 5),
+            Policy::new("b", quota(3)).with_algorithm(Algorithm::SlidingWindowLog),
+        ]
+    };
+    let Ok(set) = PolicySet::new(policies) else {
+        return;
+    };
+    let mut bytes = Bytes(rest);
+    let costs: Vec<u64> = (0..bytes.byte() % 4)
+        .map(|_| u64::from(bytes.byte() % 8))
+        .collect();
+    let value = bytes.value(0);
+    let Ok(reply) = parse(&set, value, costs.len()) else {
+        return;
+    };
+    if costs.is_empty() {
+        // A reset's reply: the time alone, no states to decide on.
+        return;
+    }
+    let mut states = reply.states;
+    for (j, &cost) in costs.iter().enumerate() {
+        let wait = (j % 2 == 1).then(|| Duration::from_micros(u64::from(pick)));
+        let _ = crate::algorithm::decide_view(&set, &mut states, reply.now, cost, wait);
+    }
+    let _ = crate::algorithm::check_view(&set, &states, reply.now, 1, None);
+}
+
+/// Reads Redis values out of arbitrary bytes: a tag byte, then what the
+/// tag says (a number's 8 bytes, a string's length and bytes, an array's
+/// length and items, three levels deep at most); missing bytes read as 0.
+#[cfg(any(test, fuzzing))]
+struct Bytes<'a>(&'a [u8]);
+
+#[cfg(any(test, fuzzing))]
+impl Bytes<'_> {
+    fn byte(&mut self) -> u8 {
+        let Some((&b, rest)) = self.0.split_first() else {
+            return 0;
+        };
+        self.0 = rest;
+        b
+    }
+
+    fn eight(&mut self) -> [u8; 8] {
+        std::array::from_fn(|_| self.byte())
+    }
+
+    fn value(&mut self, depth: u8) -> Value {
+        match self.byte() % 8 {
+            0 => Value::Nil,
+            1 => Value::Int(i64::from_be_bytes(self.eight())),
+            // A small number, as real replies mostly hold.
+            2 => Value::Int(i64::from(self.byte())),
+            3 => {
+                let n = usize::from(self.byte() % 40);
+                Value::BulkString((0..n).map(|_| self.byte()).collect())
+            }
+            // Packed doubles, as states travel.
+            4 => {
+                let n = usize::from(self.byte() % 5);
+                let mut out = Vec::new();
+                for _ in 0..n {
+                    let x = f64::from(u32::from_be_bytes([
+                        self.byte(),
+                        self.byte(),
+                        self.byte(),
+                        self.byte(),
+                    ]));
+                    out.extend_from_slice(&x.to_be_bytes());
+                }
+                Value::BulkString(out)
+            }
+            5 => Value::Double(f64::from_be_bytes(self.eight())),
+            6 => Value::SimpleString(
+                String::from_utf8_lossy(&[self.byte(), self.byte()]).into_owned(),
+            ),
+            _ if depth < 3 => {
+                let n = usize::from(self.byte() % 10);
+                Value::Array((0..n).map(|_| self.value(depth + 1)).collect())
+            }
+            _ => Value::Nil,
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzzing {
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 20_000,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        /// Arbitrary bytes read as a reply never panic the parser or the
+        /// decisions replayed on what it read.
+        #[test]
+        fn any_reply_is_an_error_or_decisions_never_a_panic(
+            data in prop::collection::vec(any::<u8>(), 0..300)
+        ) {
+            super::fuzz(&data);
+        }
+
+        /// Replies shaped as real ones are: an array of the time, a state
+        /// per policy, flags.
+        #[test]
+        fn reply_shaped_bytes_never_panic(
+            pick in any::<u8>(),
+            costs in prop::collection::vec(0_u8..8, 0..4),
+            items in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..60), 1..6),
+        ) {
+            let mut data = vec![pick, costs.len() as u8];
+            data.extend(&costs);
+            // An array tag, its length, then each item.
+            data.extend([7, items.len() as u8]);
+            for item in &items {
+                data.extend(item);
+            }
+            super::fuzz(&data);
+        }
+    }
+}
