@@ -103,6 +103,21 @@ fn policy_figures(policy: &Policy) -> (u64, Option<u64>) {
     (field_integer(quota.limit()), window)
 }
 
+/// When a refused request is told to come back: its retry time, and never
+/// before the `t` (more quota) of a policy that refused it (draft-10 §6).
+/// The two differ only for a leaky bucket in wait mode, whose queue can
+/// take a reservation a moment before a unit of quota is back.
+pub(crate) fn answer_wait(d: &crate::Decision) -> Option<Duration> {
+    let wait = d.retry_after()?;
+    Some(
+        d.policies()
+            .iter()
+            .filter(|p| !p.is_allowed())
+            .filter_map(|p| p.refill_after())
+            .fold(wait, Duration::max),
+    )
+}
+
 /// `Retry-After` in seconds for a wait.
 pub(crate) fn retry_after_seconds(wait: Duration) -> u64 {
     whole_seconds(wait)

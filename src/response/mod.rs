@@ -218,7 +218,7 @@ fn built_in<ReqB, B>(
             // A full concurrency policy frees at no known time: the
             // client's own backoff serves better than a guess.
             Some(d) if d.is_busy() => None,
-            Some(d) => Some(match d.retry_after() {
+            Some(d) => Some(match headers::answer_wait(d) {
                 Some(wait) => HeaderValue::from(headers::pushback_millis(wait)),
                 // Waiting cannot help: ask the client not to retry.
                 None => HeaderValue::from_static("-1"),
@@ -293,9 +293,8 @@ impl<ReqBody, ResBody, E> Respond<http::Request<ReqBody>, http::Response<ResBody
         };
         let headers = res.headers_mut();
         // A custom answer keeps the fields it set itself.
-        if let Some(wait) = d
-            .retry_after()
-            .filter(|_| !headers.contains_key(RETRY_AFTER))
+        if let Some(wait) =
+            headers::answer_wait(d).filter(|_| !headers.contains_key(RETRY_AFTER))
         {
             headers.insert(
                 RETRY_AFTER,

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use http::HeaderMap;
 use http::header::ACCEPT;
 
-use super::headers::retry_after_seconds;
+use super::headers::{answer_wait, retry_after_seconds};
 use crate::decision::Decision;
 
 /// The problem type of draft-ietf-httpapi-ratelimit-headers-10 §7.1 (Quota
@@ -84,7 +84,7 @@ fn detail(d: &Decision) -> String {
     if d.is_busy() {
         return "Too many requests are in flight; retry once one completes.".into();
     }
-    match d.retry_after() {
+    match answer_wait(d) {
         Some(wait) => match retry_after_seconds(wait) {
             1 => "Retry after 1 second.".into(),
             n => format!("Retry after {n} seconds."),
