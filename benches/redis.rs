@@ -59,13 +59,19 @@ fn redis(c: &mut Criterion) {
     // The same script and arguments RedisStore sends for this policy (see
     // lua/decide.lua): GCRA's parameters packed as big-endian doubles —
     // burst 10^8, 86 400 000 ticks per unit, 1 tick drained per µs (1,000
-    // per day) — then the cost.
+    // per day) — after the time floor, then the cost.
     let mut params = Vec::new();
     for n in [100_000_000_f64, 86_400_000.0, 1.0] {
         params.extend_from_slice(&n.to_be_bytes());
     }
     let mut raw = redis::cmd("EVALSHA");
-    raw.arg(&sha).arg(1).arg(&redis_key).arg(params).arg(1);
+    // ARGV[1] is the caller's floor under Redis's time (0: none).
+    raw.arg(&sha)
+        .arg(1)
+        .arg(&redis_key)
+        .arg(0)
+        .arg(params)
+        .arg(1);
     g.bench_function("raw_evalsha", |b| {
         b.to_async(&rt).iter(|| {
             let mut conn = conn.clone();

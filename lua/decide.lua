@@ -4,8 +4,10 @@
 -- test checks that it is exactly what the generator writes.
 --
 -- KEYS[i]: policy i's state for the request's key (all in one hash slot).
--- ARGV: the time in microseconds, when it is given (else the server's
--- TIME); every policy's parameters, packed in one argument ('>d' each, in
+-- ARGV: the time in microseconds when it is given, else the floor under
+-- the server's TIME (the latest time the caller saw from Redis, run on by
+-- its own clock, so a clock stepping back holds no key back); every
+-- policy's parameters, packed in one argument ('>d' each, in
 -- the order its family lists them); then per request, in arrival order:
 -- its cost, its longest wait in microseconds (wait mode only) and its lease
 -- id (policy sets with a concurrency policy only).
@@ -27,10 +29,12 @@
 -- The body for a GCRA policy and a fixed window, acquire, reject mode:
 -- Decides the requests in order, each against every policy, all or
 -- nothing (lua/decide.lua explains the arguments and the reply).
+-- Never before the latest time the caller saw from Redis (and since):
+-- a clock that stepped back in a failover holds no key back.
 local time = redis.call('TIME')
-local now = time[1] * 1000000 + time[2]
+local now = math.max(time[1] * 1000000 + time[2], tonumber(ARGV[1]))
 ttl_slack = 0
-local burst1, unit1, drain1, limit2, period2 = struct.unpack('>ddddd', ARGV[1])
+local burst1, unit1, drain1, limit2, period2 = struct.unpack('>ddddd', ARGV[2])
 local out = { now, false, false }
 local raw = redis.call('MGET', KEYS[1], KEYS[2])
 local l1, t1
@@ -38,7 +42,7 @@ out[2], l1, t1 = level_load(raw[1], burst1, unit1, drain1, now)
 local w2, c2
 out[3], w2, c2 = fixed_load(raw[2], limit2, period2, now)
 local flags, bits, changed = 0, 0, false
-for j = 2, #ARGV do
+for j = 3, #ARGV do
   local cost = tonumber(ARGV[j])
   local at, ok = now, true
   if cost > 0 then

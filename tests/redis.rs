@@ -655,3 +655,48 @@ fn stores_built_on_a_multiplexed_connection_or_a_connection_manager_share_state(
         assert_eq!(admitted, 3);
     });
 }
+
+/// A Redis clock that steps back (a failover to a node whose clock is
+/// behind) must not hold an active key back by the size of the step. The
+/// step is made as the store sees it: its last decision read a time 30 s
+/// ahead of the server's clock (the old master's), the next reads the
+/// server's own `TIME`.
+#[test]
+fn a_redis_clock_stepping_back_holds_no_active_key_back() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let set = PolicySet::new(vec![Policy::new("p", Quota::per_minute(10))]).unwrap();
+        let key = fresh_key("step");
+        let ahead = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64
+            + 30_000_000;
+        let redis = store(&server).await;
+        // The whole quota, spent on the clock that was 30 s ahead.
+        let spent = redis
+            .decide(Check::new(&key, &set, 10).with_at_micros(Some(ahead)))
+            .await
+            .unwrap();
+        assert!(spent.is_allowed());
+        // The next decision, on the clock 30 s behind: one unit comes back
+        // 6 s after the last spending, not 36 s.
+        let next = redis.decide(Check::new(&key, &set, 1)).await.unwrap();
+        assert!(!next.is_allowed());
+        let retry = next.retry_after().unwrap();
+        assert!(
+            retry <= Duration::from_secs(6),
+            "held back by the step: {retry:?}"
+        );
+        assert!(retry >= Duration::from_secs(5), "{retry:?}");
+        // A store that never saw the clock ahead has nothing to go by: the
+        // state lies 30 s in its future (this is what the floor prevents).
+        let fresh = store(&server).await;
+        let other = fresh.decide(Check::new(&key, &set, 1)).await.unwrap();
+        assert!(
+            other.retry_after().unwrap() > Duration::from_secs(30),
+            "{other:?}"
+        );
+    });
+}

@@ -293,9 +293,7 @@ impl<ReqBody, ResBody, E> Respond<http::Request<ReqBody>, http::Response<ResBody
         };
         let headers = res.headers_mut();
         // A custom answer keeps the fields it set itself.
-        if let Some(wait) =
-            headers::answer_wait(d).filter(|_| !headers.contains_key(RETRY_AFTER))
-        {
+        if let Some(wait) = headers::answer_wait(d).filter(|_| !headers.contains_key(RETRY_AFTER)) {
             headers.insert(
                 RETRY_AFTER,
                 headers::integer(headers::retry_after_seconds(wait)),

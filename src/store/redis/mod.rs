@@ -20,7 +20,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
@@ -268,6 +268,48 @@ struct Inner {
     lanes: Lanes,
     /// Hashes string keys; `None` leaves them readable.
     key_hash: Option<KeyHash>,
+    /// The Redis time this store has seen, which its decisions never go
+    /// back from.
+    timeline: Timeline,
+}
+
+/// The latest Redis time a store has seen, and when it saw it here: a floor
+/// for the time of its next decisions, so that a Redis clock stepping back
+/// (a failover to a node whose clock is behind) holds no active key back.
+/// The floor runs on this machine's monotonic clock, 0.1% slower than it
+/// (for clocks that run apart), from a time Redis had already read when
+/// its reply arrived: never ahead of the timeline Redis showed.
+#[derive(Debug)]
+struct Timeline(Mutex<(u64, Instant)>);
+
+impl Timeline {
+    fn new() -> Self {
+        Self(Mutex::new((0, Instant::now())))
+    }
+
+    fn estimate(seen: (u64, Instant), now: Instant) -> u64 {
+        let (at, when) = seen;
+        if at == 0 {
+            return 0;
+        }
+        let elapsed = duration_micros(now.saturating_duration_since(when));
+        at.saturating_add(elapsed - elapsed / 1000)
+    }
+
+    /// The least time the next decision may be made at.
+    fn floor(&self) -> u64 {
+        let seen = *self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        Self::estimate(seen, Instant::now())
+    }
+
+    /// A reply read Redis's time as `at`.
+    fn saw(&self, at: u64) {
+        let now = Instant::now();
+        let mut seen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if at >= Self::estimate(*seen, now) {
+            *seen = (at, now);
+        }
+    }
 }
 
 impl fmt::Debug for RedisStore {
@@ -681,6 +723,7 @@ impl RedisStoreBuilder {
                 denied: Denied::new(self.denied_keys, self.denied_age),
                 coalesce: self.coalesce,
                 lanes: Lanes::default(),
+                timeline: Timeline::new(),
                 key_hash,
             }),
         })
@@ -1026,7 +1069,8 @@ impl Inner {
             Admit::Probe(p) => Some(p),
         };
         let script = self.scripts.get(&call.set, call.shape());
-        let cmd = command(&self.prefix, &script, &tag, call, &batch.requests);
+        let floor = self.timeline.floor();
+        let cmd = command(&self.prefix, &script, &tag, call, &batch.requests, floor);
         let sent = Instant::now();
         let replies = if call.op == Op::Reset {
             0
@@ -1050,6 +1094,7 @@ impl Inner {
         }
         let reply = result?;
         let read_at = reply.now;
+        self.timeline.saw(read_at);
         let (decisions, states) = answer(call, &batch.requests, reply)?;
         if let Some(last) = decisions.last() {
             self.settled(key, call, &states, read_at, sent, last);
@@ -1170,7 +1215,14 @@ impl Request {
 
 /// `FCALL` of `script`'s function with the keys of hash tag `tag` under `call`'s
 /// policies and the arguments `lua/decide.lua` describes.
-fn command(prefix: &str, script: &Script, tag: &[u8], call: &Call, requests: &[Request]) -> Cmd {
+fn command(
+    prefix: &str,
+    script: &Script,
+    tag: &[u8],
+    call: &Call,
+    requests: &[Request],
+    floor: u64,
+) -> Cmd {
     let set = &call.set;
     let mut cmd = Cmd::with_capacity(
         4 + set.len() + requests.len() * script.stride.max(1),
@@ -1189,9 +1241,8 @@ fn command(prefix: &str, script: &Script, tag: &[u8], call: &Call, requests: &[R
         write_policy(&mut name, p, params);
         cmd.arg(name.as_slice());
     }
-    if let Some(at) = call.at {
-        cmd.arg(at);
-    }
+    // The time given, or the floor under Redis's own.
+    cmd.arg(call.at.unwrap_or(floor));
     if call.op == Op::Reset {
         return cmd;
     }

@@ -273,12 +273,15 @@ pub(crate) const FLAG_BITS: usize = 48;
 fn body(out: &mut String, algorithms: &[Algorithm], shape: Shape) -> usize {
     let n = algorithms.len();
     let families: Vec<&Family> = algorithms.iter().map(|&a| family(a)).collect();
-    let mut arg = 1;
+    // ARGV[1]: the time given, or the caller's floor under the server's.
+    let mut arg = 2;
     let now = if shape.given_time {
-        arg += 1;
         "local now = tonumber(ARGV[1])\n"
     } else {
-        "local time = redis.call('TIME')\nlocal now = time[1] * 1000000 + time[2]\n"
+        "-- Never before the latest time the caller saw from Redis (and since):\n\
+         -- a clock that stepped back in a failover holds no key back.\n\
+         local time = redis.call('TIME')\n\
+         local now = math.max(time[1] * 1000000 + time[2], tonumber(ARGV[1]))\n"
     };
     let header = match shape.ask {
         Ask::Acquire | Ask::Peek => {
