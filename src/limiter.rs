@@ -343,6 +343,33 @@ impl Lease {
 /// [`hold_permits_until_body_end`](crate::RateLimitLayerBuilder::hold_permits_until_body_end),
 /// in its response body); a [`Permit`] keeps one for a
 /// [`RateLimiter`] caller.
+///
+/// ```
+/// use tokio::sync::oneshot;
+/// use tower::{Layer, Service, ServiceExt, service_fn};
+/// use tower_ratelimit::{BoxError, Policy, RateLimitLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// let layer = RateLimitLayer::builder()
+///     .policy(Policy::concurrency("in-flight", 1))
+///     .reject_with_error()
+///     .build()?;
+/// let mut svc = layer.layer(service_fn(|rx: oneshot::Receiver<u32>| async move {
+///     Ok::<_, BoxError>(rx.await?)
+/// }));
+/// let (tx, rx) = oneshot::channel();
+/// let first = svc.ready().await?.call(rx); // admitted: its future holds the unit
+/// let (_tx, rx2) = oneshot::channel();
+/// assert!(svc.ready().await?.call(rx2).await.is_err()); // none left
+/// tx.send(7).unwrap();
+/// assert_eq!(first.await?, 7); // done: the unit is given back
+/// let (tx, rx3) = oneshot::channel();
+/// tx.send(8).unwrap();
+/// assert_eq!(svc.oneshot(rx3).await?, 8);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Held(Option<HoldKind>);
 
 enum HoldKind {
