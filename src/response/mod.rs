@@ -55,6 +55,16 @@ static PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem
 static GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
 
 /// What the layer knows about answering, fixed at build time.
+///
+/// Made by the layer's builder and shared by every service of the layer
+/// (nothing outside the crate makes or reads one), so it is `Send + Sync`:
+///
+/// ```
+/// use tower_ratelimit::response::ResponseConfig;
+///
+/// fn shared_across_threads<T: Send + Sync + 'static>() {}
+/// shared_across_threads::<ResponseConfig>();
+/// ```
 pub struct ResponseConfig {
     style: HeaderStyle,
     /// What the fields say of each of the layer's policy sets.
