@@ -18,8 +18,51 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// [`MemoryStore`](crate::MemoryStore).) Fixed and sliding windows align to multiples of the
 /// period on this clock, so an epoch-based clock gives windows that start on
 /// the minute or the hour.
+///
+/// Any `Send + Sync` type can be one: here a clock that reads a shared
+/// counter of seconds.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use tower_ratelimit::clock::Clock;
+/// use tower_ratelimit::{MemoryStore, Policy, Quota, RateLimiter};
+///
+/// struct Seconds(Arc<AtomicU64>);
+///
+/// impl Clock for Seconds {
+///     fn now_micros(&self) -> u64 {
+///         self.0.load(Ordering::SeqCst) * 1_000_000
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
+/// let secs = Arc::new(AtomicU64::new(0));
+/// let store = MemoryStore::builder().clock(Seconds(Arc::clone(&secs))).build()?;
+/// let limiter = RateLimiter::builder()
+///     .store(store)
+///     .policy(Policy::new("p", Quota::per_second(1)))
+///     .build()?;
+/// assert!(limiter.try_acquire("k", 1).await?.is_allowed());
+/// assert!(!limiter.try_acquire("k", 1).await?.is_allowed());
+/// secs.store(1, Ordering::SeqCst);
+/// assert!(limiter.try_acquire("k", 1).await?.is_allowed());
+/// # Ok(())
+/// # }
+/// ```
 pub trait Clock: Send + Sync + 'static {
     /// The current time in microseconds.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_ratelimit::clock::{Clock, FakeClock};
+    ///
+    /// let clock = FakeClock::at_micros(5);
+    /// assert_eq!(clock.now_micros(), 5);
+    /// clock.advance(Duration::from_micros(10));
+    /// assert_eq!(clock.now_micros(), 15);
+    /// ```
     fn now_micros(&self) -> u64;
 }
 
@@ -30,6 +73,16 @@ pub trait Clock: Send + Sync + 'static {
 /// were when the process first read this clock, while an NTP step cannot
 /// move time backwards, which the algorithms would read as a reservation
 /// ahead of every key.
+///
+/// ```
+/// use std::time::{SystemTime, UNIX_EPOCH};
+/// use tower_ratelimit::clock::{Clock, SystemClock};
+///
+/// let first = SystemClock.now_micros();
+/// let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
+/// assert!(wall.abs_diff(first) < 60_000_000); // on the wall clock
+/// assert!(SystemClock.now_micros() >= first); // and never back
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
@@ -67,12 +120,24 @@ pub struct FakeClock {
 
 impl FakeClock {
     /// A clock standing at time zero.
+    ///
+    /// ```
+    /// use tower_ratelimit::clock::{Clock, FakeClock};
+    ///
+    /// assert_eq!(FakeClock::new().now_micros(), 0);
+    /// ```
     #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// A clock standing at `micros`.
+    ///
+    /// ```
+    /// use tower_ratelimit::clock::{Clock, FakeClock};
+    ///
+    /// assert_eq!(FakeClock::at_micros(1_000_000).now_micros(), 1_000_000);
+    /// ```
     #[must_use]
     pub fn at_micros(micros: u64) -> Self {
         Self {
@@ -81,6 +146,16 @@ impl FakeClock {
     }
 
     /// Moves time forward by `by` (whole microseconds; the rest is dropped).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_ratelimit::clock::{Clock, FakeClock};
+    ///
+    /// let clock = FakeClock::new();
+    /// clock.advance(Duration::from_millis(2));
+    /// clock.advance(Duration::from_nanos(1_999)); // 1 µs; the 999 ns are dropped
+    /// assert_eq!(clock.now_micros(), 2_001);
+    /// ```
     pub fn advance(&self, by: Duration) {
         self.micros.fetch_add(duration_micros(by), Ordering::SeqCst);
     }
@@ -89,6 +164,16 @@ impl FakeClock {
     /// [`MemoryStore`](crate::MemoryStore) does not decide at a time
     /// earlier than one it has decided at: set back, its time stands still
     /// until this clock passes it again.)
+    ///
+    /// ```
+    /// use tower_ratelimit::clock::{Clock, FakeClock};
+    ///
+    /// let clock = FakeClock::at_micros(500);
+    /// clock.set_micros(2_000);
+    /// assert_eq!(clock.now_micros(), 2_000);
+    /// clock.set_micros(100);
+    /// assert_eq!(clock.now_micros(), 100);
+    /// ```
     pub fn set_micros(&self, micros: u64) {
         self.micros.store(micros, Ordering::SeqCst);
     }
@@ -107,6 +192,19 @@ impl Clock for FakeClock {
 /// `tokio::time::advance` and with the auto-advance of paused sleeps, so the
 /// limiter and the waits in [`OnLimit::Wait`](crate::OnLimit::Wait) share
 /// one virtual time in tests.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_ratelimit::clock::{Clock, TokioClock};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let clock = TokioClock::new();
+/// assert_eq!(clock.now_micros(), 0);
+/// tokio::time::sleep(Duration::from_millis(250)).await; // auto-advanced
+/// assert_eq!(clock.now_micros(), 250_000);
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct TokioClock {
     start: tokio::time::Instant,
@@ -115,6 +213,20 @@ pub struct TokioClock {
 impl TokioClock {
     /// A clock reading zero now. Call it inside a tokio runtime when time is
     /// paused, so it starts from the paused time.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_ratelimit::clock::{Clock, TokioClock};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// tokio::time::advance(Duration::from_secs(60)).await;
+    /// let clock = TokioClock::new(); // reads zero from here
+    /// assert_eq!(clock.now_micros(), 0);
+    /// tokio::time::advance(Duration::from_secs(1)).await;
+    /// assert_eq!(clock.now_micros(), 1_000_000);
+    /// # }
+    /// ```
     #[must_use]
     pub fn new() -> Self {
         Self {

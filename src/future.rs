@@ -20,6 +20,25 @@ use crate::response::{Respond, ResponseConfig, Stamp};
 
 pin_project! {
     /// Response future of [`RateLimit`](crate::RateLimit).
+    ///
+    /// ```
+    /// use tower::{Layer, Service, ServiceExt, service_fn};
+    /// use tower_ratelimit::future::ResponseFuture;
+    /// use tower_ratelimit::{Policy, Quota, RateLimitLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
+    /// let layer = RateLimitLayer::builder()
+    ///     .policy(Policy::new("p", Quota::per_second(10)))
+    ///     .reject_with_error()
+    ///     .build()?;
+    /// let mut svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n * 2) }));
+    /// svc.ready().await?;
+    /// let future: ResponseFuture<_, u32, _, _> = svc.call(21);
+    /// assert_eq!(future.await?, 42);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub struct ResponseFuture<S, Req, C, M>
     where
         S: Service<Req>,

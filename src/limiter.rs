@@ -343,6 +343,33 @@ impl Lease {
 /// [`hold_permits_until_body_end`](crate::RateLimitLayerBuilder::hold_permits_until_body_end),
 /// in its response body); a [`Permit`] keeps one for a
 /// [`RateLimiter`] caller.
+///
+/// ```
+/// use tokio::sync::oneshot;
+/// use tower::{Layer, Service, ServiceExt, service_fn};
+/// use tower_ratelimit::{BoxError, Policy, RateLimitLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// let layer = RateLimitLayer::builder()
+///     .policy(Policy::concurrency("in-flight", 1))
+///     .reject_with_error()
+///     .build()?;
+/// let mut svc = layer.layer(service_fn(|rx: oneshot::Receiver<u32>| async move {
+///     Ok::<_, BoxError>(rx.await?)
+/// }));
+/// let (tx, rx) = oneshot::channel();
+/// let first = svc.ready().await?.call(rx); // admitted: its future holds the unit
+/// let (_tx, rx2) = oneshot::channel();
+/// assert!(svc.ready().await?.call(rx2).await.is_err()); // none left
+/// tx.send(7).unwrap();
+/// assert_eq!(first.await?, 7); // done: the unit is given back
+/// let (tx, rx3) = oneshot::channel();
+/// tx.send(8).unwrap();
+/// assert_eq!(svc.oneshot(rx3).await?, 8);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Held(Option<HoldKind>);
 
 enum HoldKind {
@@ -402,11 +429,42 @@ pub struct Permit {
 
 impl Permit {
     /// The decision that admitted it.
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, RateLimiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
+    /// let limiter = RateLimiter::builder()
+    ///     .policy(Policy::concurrency("workers", 3))
+    ///     .build()?;
+    /// let permit = limiter.try_acquire_permit("jobs", 1).await?;
+    /// assert!(permit.decision().is_allowed());
+    /// assert_eq!(permit.decision().remaining(), 2); // 2 of 3 still free
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn decision(&self) -> &Decision {
         &self.decision
     }
 
     /// Gives the units back now (as dropping it does).
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, RateLimiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
+    /// let limiter = RateLimiter::builder()
+    ///     .policy(Policy::concurrency("workers", 2))
+    ///     .build()?;
+    /// let permit = limiter.try_acquire_permit("jobs", 2).await?;
+    /// assert!(limiter.check("jobs", 1).await?.is_busy());
+    /// permit.release();
+    /// assert!(limiter.check("jobs", 2).await?.is_allowed());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn release(self) {
         drop(self);
     }
@@ -427,6 +485,25 @@ impl fmt::Debug for Permit {
 ///
 /// Cheap to clone; every clone shares one limiter. Store failures are
 /// returned as errors: the caller chooses what they mean.
+///
+/// ```
+/// use tower_ratelimit::{Policy, Quota, RateLimiter};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
+/// let limiter = RateLimiter::builder()
+///     .policy(Policy::new("emails", Quota::per_hour(2)))
+///     .build()?;
+/// let worker = limiter.clone(); // the same counts
+/// assert!(limiter.try_acquire("alice", 1).await?.is_allowed());
+/// assert!(worker.try_acquire("alice", 1).await?.is_allowed());
+/// let refused = limiter.try_acquire("alice", 1).await?;
+/// assert!(!refused.is_allowed());
+/// assert!(refused.retry_after().is_some());
+/// assert!(worker.try_acquire("bob", 1).await?.is_allowed()); // keys count apart
+/// # Ok(())
+/// # }
+/// ```
 pub struct RateLimiter<St = DefaultStore> {
     engine: Arc<Engine<St>>,
     max_wait: Duration,
@@ -459,6 +536,17 @@ impl<St> fmt::Debug for RateLimiter<St> {
 impl RateLimiter {
     /// Starts configuring a limiter on a new [`MemoryStore`], with no
     /// longest wait.
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, Quota, RateLimiter};
+    ///
+    /// let limiter = RateLimiter::builder()
+    ///     .policy(Policy::new("p", Quota::per_second(5)))
+    ///     .build()?;
+    /// assert_eq!(limiter.policies().len(), 1);
+    /// assert!(limiter.store().is_empty()); // a new store
+    /// # Ok::<(), tower_ratelimit::BoxError>(())
+    /// ```
     pub fn builder() -> RateLimiterBuilder<MemoryStore> {
         RateLimiterBuilder::with_store(MemoryStore::new())
     }
@@ -466,12 +554,39 @@ impl RateLimiter {
 
 impl<St: Store> RateLimiter<St> {
     /// The limiter's policies.
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, Quota, RateLimiter};
+    ///
+    /// let limiter = RateLimiter::builder()
+    ///     .policy(Policy::new("per-second", Quota::per_second(5)))
+    ///     .policy(Policy::new("per-day", Quota::per_day(1000)))
+    ///     .build()?;
+    /// let names: Vec<_> = limiter.policies().policies().iter().map(|p| p.name()).collect();
+    /// assert_eq!(names, ["per-second", "per-day"]);
+    /// # Ok::<(), tower_ratelimit::BoxError>(())
+    /// ```
     #[must_use]
     pub fn policies(&self) -> &PolicySet {
         &self.engine.policies
     }
 
     /// The store it decides with.
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, Quota, RateLimiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
+    /// let limiter = RateLimiter::builder()
+    ///     .policy(Policy::new("p", Quota::per_minute(10)))
+    ///     .build()?;
+    /// limiter.try_acquire("a", 1).await?;
+    /// limiter.try_acquire("b", 1).await?;
+    /// assert_eq!(limiter.store().len(), 2); // state for two keys
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn store(&self) -> &St {
         &self.engine.store
@@ -507,6 +622,25 @@ impl<St: Store> RateLimiter<St> {
     /// decision's [`retry_after`](Decision::retry_after) is how long to
     /// wait (the leaky-bucket design's `Allow`); a rejection spends
     /// nothing.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_ratelimit::{Policy, Quota, RateLimiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
+    /// let limiter = RateLimiter::builder()
+    ///     .policy(Policy::new("p", Quota::per_second(10).burst(2)))
+    ///     .build()?;
+    /// assert!(limiter.try_acquire("k", 2).await?.is_allowed());
+    /// let d = limiter.try_acquire("k", 1).await?;
+    /// assert!(!d.is_allowed());
+    /// let retry = d.retry_after().unwrap();
+    /// assert!(retry > Duration::ZERO && retry <= Duration::from_millis(100));
+    /// assert!(limiter.try_acquire("k", 3).await?.is_never()); // more than the burst
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -576,6 +710,26 @@ impl<St: Store> RateLimiter<St> {
 
     /// Takes `cost` units of every policy now, holding those of the
     /// concurrency policies in the returned [`Permit`] until it is dropped.
+    ///
+    /// ```
+    /// use tower_ratelimit::{AcquireError, Policy, Quota, RateLimiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
+    /// let limiter = RateLimiter::builder()
+    ///     .policy(Policy::concurrency("in-flight", 2))
+    ///     .policy(Policy::new("rate", Quota::per_minute(100)))
+    ///     .build()?;
+    /// let a = limiter.try_acquire_permit("jobs", 1).await?;
+    /// let _b = limiter.try_acquire_permit("jobs", 1).await?;
+    /// let err = limiter.try_acquire_permit("jobs", 1).await.unwrap_err();
+    /// assert!(matches!(err, AcquireError::Limited(_)));
+    /// assert!(err.decision().unwrap().is_busy());
+    /// drop(a);
+    /// assert!(limiter.try_acquire_permit("jobs", 1).await.is_ok());
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -661,6 +815,22 @@ impl<St: Store> RateLimiter<St> {
     /// Units held by permits of concurrency policies are forgotten too;
     /// those permits give back nothing when dropped.
     ///
+    /// ```
+    /// use tower_ratelimit::{Policy, Quota, RateLimiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
+    /// let limiter = RateLimiter::builder()
+    ///     .policy(Policy::new("p", Quota::per_hour(1)))
+    ///     .build()?;
+    /// assert!(limiter.try_acquire("k", 1).await?.is_allowed());
+    /// assert!(!limiter.try_acquire("k", 1).await?.is_allowed());
+    /// limiter.reset("k").await?;
+    /// assert!(limiter.try_acquire("k", 1).await?.is_allowed());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// The store failed.
@@ -689,6 +859,19 @@ async fn admitted(decision: Decision) -> Result<Decision, AcquireError> {
 }
 
 /// Builds a [`RateLimiter`]; see [`RateLimiter::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_ratelimit::{FailurePolicy, Policy, Quota, RateLimiter};
+///
+/// let limiter = RateLimiter::builder()
+///     .policy(Policy::new("p", Quota::per_second(10)))
+///     .max_wait(Duration::from_secs(5))
+///     .on_store_failure(FailurePolicy::FailClosed)
+///     .build()?;
+/// assert_eq!(limiter.policies().len(), 1);
+/// # Ok::<(), tower_ratelimit::BoxError>(())
+/// ```
 #[must_use]
 pub struct RateLimiterBuilder<St> {
     store: St,
@@ -710,6 +893,19 @@ impl<St> fmt::Debug for RateLimiterBuilder<St> {
 
 impl<St> RateLimiterBuilder<St> {
     /// Starts configuring a limiter that decides with `store`.
+    ///
+    /// ```
+    /// use tower_ratelimit::{MemoryStore, Policy, Quota, RateLimiterBuilder};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
+    /// let limiter = RateLimiterBuilder::with_store(MemoryStore::new())
+    ///     .policy(Policy::new("p", Quota::per_minute(3)))
+    ///     .build()?;
+    /// assert_eq!(limiter.try_acquire("k", 1).await?.remaining(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_store(store: St) -> Self {
         Self {
             store,
@@ -722,6 +918,27 @@ impl<St> RateLimiterBuilder<St> {
 
     /// Decides with `store` instead (a [`RedisStore`](crate::store::RedisStore),
     /// a [`MemoryStore`] on a test clock, your own).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_ratelimit::clock::FakeClock;
+    /// use tower_ratelimit::{MemoryStore, Policy, Quota, RateLimiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
+    /// let clock = FakeClock::new();
+    /// let store = MemoryStore::builder().clock(clock.clone()).build()?;
+    /// let limiter = RateLimiter::builder()
+    ///     .store(store)
+    ///     .policy(Policy::new("p", Quota::per_second(1)))
+    ///     .build()?;
+    /// assert!(limiter.try_acquire("k", 1).await?.is_allowed());
+    /// assert!(!limiter.try_acquire("k", 1).await?.is_allowed());
+    /// clock.advance(Duration::from_secs(1));
+    /// assert!(limiter.try_acquire("k", 1).await?.is_allowed());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn store<St2>(self, store: St2) -> RateLimiterBuilder<St2> {
         RateLimiterBuilder {
             store,
@@ -734,12 +951,43 @@ impl<St> RateLimiterBuilder<St> {
 
     /// Adds a policy. A call must fit every policy; one that does not is
     /// charged to none of them.
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, Quota, RateLimiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
+    /// let limiter = RateLimiter::builder()
+    ///     .policy(Policy::new("burst", Quota::per_second(5)))
+    ///     .policy(Policy::new("daily", Quota::per_day(3)))
+    ///     .build()?;
+    /// for _ in 0..3 {
+    ///     assert!(limiter.try_acquire("k", 1).await?.is_allowed());
+    /// }
+    /// let d = limiter.try_acquire("k", 1).await?; // "burst" has room, "daily" has not
+    /// assert!(!d.is_allowed());
+    /// assert!(d.policies()[0].is_allowed());
+    /// assert!(!d.policies()[1].is_allowed());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policies.push(policy);
         self
     }
 
     /// Adds several policies.
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, Quota, RateLimiter};
+    ///
+    /// let tiers = [("second", Quota::per_second(10)), ("hour", Quota::per_hour(500))];
+    /// let limiter = RateLimiter::builder()
+    ///     .policies(tiers.into_iter().map(|(name, q)| Policy::new(name, q)))
+    ///     .build()?;
+    /// assert_eq!(limiter.policies().len(), 2);
+    /// # Ok::<(), tower_ratelimit::BoxError>(())
+    /// ```
     pub fn policies(mut self, policies: impl IntoIterator<Item = Policy>) -> Self {
         self.policies.extend(policies);
         self
@@ -796,6 +1044,20 @@ impl<St> RateLimiterBuilder<St> {
     /// Logs keys as they are in decision events (feature `tracing`),
     /// instead of hashed (the default). Keys taken from client input (API
     /// keys, tokens) are secrets: log them raw only where logs are.
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, Quota, RateLimiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
+    /// let limiter = RateLimiter::builder()
+    ///     .policy(Policy::new("p", Quota::per_second(10)))
+    ///     .log_raw_keys(true) // internal keys only: job names, not tokens
+    ///     .build()?;
+    /// assert!(limiter.try_acquire("nightly-report", 1).await?.is_allowed());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn log_raw_keys(mut self, raw: bool) -> Self {
         self.observer.raw_keys = raw;
         self
@@ -807,6 +1069,18 @@ impl<St> RateLimiterBuilder<St> {
     ///
     /// A [`ConfigError`] naming the field, as for
     /// [`RateLimitLayerBuilder::build`](crate::RateLimitLayerBuilder::build).
+    ///
+    /// ```
+    /// use tower_ratelimit::{Policy, Quota, RateLimiter};
+    ///
+    /// let err = RateLimiter::builder()
+    ///     .policy(Policy::new("p", Quota::per_second(0)))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.field(), "limit");
+    /// assert_eq!(err.policy(), Some("p"));
+    /// assert!(RateLimiter::builder().policy(Policy::new("p", Quota::per_second(1))).build().is_ok());
+    /// ```
     pub fn build(self) -> Result<RateLimiter<St>, ConfigError>
     where
         St: Store,

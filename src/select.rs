@@ -41,14 +41,42 @@
 /// its own lets such a request through uncounted. A name the layer does not
 /// have is a configuration mistake: the request is answered `500` with a
 /// message naming the fix (an error for non-HTTP services).
+///
+/// ```
+/// use tower_ratelimit::select::SelectPolicies;
+///
+/// let by_route = |req: &http::Request<()>| match req.uri().path() {
+///     "/login" => Some("login"),
+///     _ => None,
+/// };
+/// assert_eq!(by_route.select(&http::Request::get("/login").body(()).unwrap()), Some("login"));
+/// assert_eq!(by_route.select(&http::Request::get("/").body(()).unwrap()), None);
+/// assert!(!by_route.is_fixed());
+/// ```
 pub trait SelectPolicies<Req>: Send + Sync + 'static {
     /// The name of `req`'s set, or `None` for the layer's own policies.
+    ///
+    /// ```
+    /// use tower_ratelimit::select::SelectPolicies;
+    ///
+    /// let by_method = |req: &http::Request<()>| (req.method() == http::Method::POST).then_some("writes");
+    /// assert_eq!(by_method.select(&http::Request::post("/").body(()).unwrap()), Some("writes"));
+    /// assert_eq!(by_method.select(&http::Request::get("/").body(()).unwrap()), None);
+    /// ```
     fn select<'a>(&'a self, req: &'a Req) -> Option<&'a str>;
 
     /// Whether every request gets the same set (as with [`LayerPolicies`]),
     /// so that a layer in [`OnLimit::Wait`](crate::OnLimit::Wait) mode with
     /// a fixed key and cost can pace its caller in `poll_ready`. Default:
     /// `false`.
+    ///
+    /// ```
+    /// use tower_ratelimit::select::{LayerPolicies, SelectPolicies};
+    ///
+    /// assert!(SelectPolicies::<()>::is_fixed(&LayerPolicies));
+    /// let by_route = |_: &()| Some("route");
+    /// assert!(!by_route.is_fixed()); // a closure may choose per request
+    /// ```
     fn is_fixed(&self) -> bool {
         false
     }
@@ -100,10 +128,27 @@ impl<Req> SelectPolicies<Req> for LayerPolicies {
 /// ```
 pub trait Skip<Req>: Send + Sync + 'static {
     /// Whether `req` bypasses the limiter.
+    ///
+    /// ```
+    /// use tower_ratelimit::select::Skip;
+    ///
+    /// let internal = |req: &http::Request<()>| req.headers().contains_key("x-internal");
+    /// let req = http::Request::get("/").header("x-internal", "1").body(()).unwrap();
+    /// assert!(internal.skip(&req));
+    /// assert!(!internal.skip(&http::Request::new(())));
+    /// ```
     fn skip(&self, req: &Req) -> bool;
 
     /// Whether no request is ever skipped (as with [`NeverSkip`]), which
     /// lets `poll_ready` pace a fixed key. Default: `false`.
+    ///
+    /// ```
+    /// use tower_ratelimit::select::{NeverSkip, Skip};
+    ///
+    /// assert!(Skip::<()>::is_never(&NeverSkip));
+    /// let health = |req: &http::Request<()>| req.uri().path() == "/health";
+    /// assert!(!health.is_never());
+    /// ```
     fn is_never(&self) -> bool {
         false
     }

@@ -43,6 +43,29 @@ const UNKNOWN_SET: &str = "the rate limit's `policies_by` chose a policy set the
 /// reserves the next slot and stays `Pending` until it comes, so a tower
 /// client stack is paced by backpressure rather than by holding requests.
 /// A service dropped with a reservation leaves the slot spent.
+///
+/// ```
+/// use http::{Request, Response, StatusCode};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_ratelimit::{Policy, Quota, RateLimitLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
+/// let layer = RateLimitLayer::builder()
+///     .policy(Policy::new("p", Quota::per_minute(1)))
+///     .build()?;
+/// let svc = layer.layer(service_fn(|_: Request<String>| async {
+///     Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
+/// }));
+/// let ok = svc.clone().oneshot(Request::new(String::new())).await?;
+/// assert_eq!(ok.status(), StatusCode::OK);
+/// assert!(ok.headers().contains_key("ratelimit"));
+/// let limited = svc.oneshot(Request::new(String::new())).await?;
+/// assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+/// assert!(limited.headers().contains_key("retry-after"));
+/// # Ok(())
+/// # }
+/// ```
 pub struct RateLimit<S, K, St, C, M, P, F> {
     inner: S,
     shared: Arc<Shared<K, St, C, P, F>>,
@@ -73,16 +96,57 @@ impl<S, K, St, C, M, P, F> RateLimit<S, K, St, C, M, P, F> {
     }
 
     /// The inner service.
+    ///
+    /// ```
+    /// use tower::Layer;
+    /// use tower_ratelimit::{Policy, Quota, RateLimitLayer};
+    ///
+    /// struct Backend {
+    ///     name: &'static str,
+    /// }
+    /// let layer = RateLimitLayer::builder().policy(Policy::new("p", Quota::per_second(10))).build()?;
+    /// let svc = layer.layer(Backend { name: "orders" });
+    /// assert_eq!(svc.get_ref().name, "orders");
+    /// # Ok::<(), tower_ratelimit::BoxError>(())
+    /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
 
     /// The inner service, mutably.
+    ///
+    /// ```
+    /// use tower::Layer;
+    /// use tower_ratelimit::{Policy, Quota, RateLimitLayer};
+    ///
+    /// struct Backend {
+    ///     name: &'static str,
+    /// }
+    /// let layer = RateLimitLayer::builder().policy(Policy::new("p", Quota::per_second(10))).build()?;
+    /// let mut svc = layer.layer(Backend { name: "orders" });
+    /// svc.get_mut().name = "billing";
+    /// assert_eq!(svc.get_ref().name, "billing");
+    /// # Ok::<(), tower_ratelimit::BoxError>(())
+    /// ```
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
 
     /// The inner service, unwrapped.
+    ///
+    /// ```
+    /// use tower::Layer;
+    /// use tower_ratelimit::{Policy, Quota, RateLimitLayer};
+    ///
+    /// struct Backend {
+    ///     name: &'static str,
+    /// }
+    /// let layer = RateLimitLayer::builder().policy(Policy::new("p", Quota::per_second(10))).build()?;
+    /// let svc = layer.layer(Backend { name: "orders" });
+    /// let backend: Backend = svc.into_inner();
+    /// assert_eq!(backend.name, "orders");
+    /// # Ok::<(), tower_ratelimit::BoxError>(())
+    /// ```
     pub fn into_inner(self) -> S {
         self.inner
     }

@@ -60,6 +60,20 @@ pub(crate) enum Slot {
 }
 
 /// One policy's state for one key. Opaque; made and changed by [`decide`].
+///
+/// ```
+/// use tower_ratelimit::algorithm::{State, decide};
+/// use tower_ratelimit::{Policy, PolicySet, Quota};
+///
+/// let set = PolicySet::new(vec![Policy::new("p", Quota::per_second(1))])?;
+/// let mut states: Vec<Option<State>> = vec![None]; // full
+/// assert!(decide(&set, &mut states, 0, 1, None).is_allowed());
+/// assert!(states[0].is_some()); // now it remembers the spent unit
+/// let kept = states.clone();
+/// assert!(!decide(&set, &mut states, 0, 1, None).is_allowed());
+/// assert_eq!(states, kept); // a rejection changes no state
+/// # Ok::<(), tower_ratelimit::BoxError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State(pub(crate) Repr);
 
@@ -157,6 +171,24 @@ impl State {
 /// state is updated; on rejection none is. `max_wait` is `None` to decide
 /// now (reject mode) or the longest a request may wait for a reserved slot
 /// (wait mode).
+///
+/// ```
+/// use tower_ratelimit::algorithm::decide;
+/// use tower_ratelimit::{Policy, PolicySet, Quota};
+///
+/// let set = PolicySet::new(vec![
+///     Policy::new("second", Quota::per_second(2)),
+///     Policy::new("minute", Quota::per_minute(3)),
+/// ])?;
+/// let mut states = vec![None, None];
+/// assert!(decide(&set, &mut states, 0, 2, None).is_allowed());
+/// let refused = decide(&set, &mut states, 0, 1, None);
+/// assert!(!refused.is_allowed()); // "second" is empty
+/// assert!(refused.policies()[1].is_allowed()); // "minute" had room, and is not charged
+/// assert!(decide(&set, &mut states, 1_000_000, 1, None).is_allowed()); // µs
+/// assert!(!decide(&set, &mut states, 2_000_000, 1, None).is_allowed()); // 3 this minute
+/// # Ok::<(), tower_ratelimit::BoxError>(())
+/// ```
 ///
 /// # Panics
 ///
@@ -530,6 +562,20 @@ pub(crate) fn assemble(
 
 /// When every state in `states` is back to full, in µs: the time after
 /// which a store may forget them (and the expiry a store should set).
+///
+/// ```
+/// use tower_ratelimit::algorithm::{decide, full_at};
+/// use tower_ratelimit::{Policy, PolicySet, Quota};
+///
+/// let set = PolicySet::new(vec![Policy::new("p", Quota::per_second(10))])?;
+/// let mut states = vec![None];
+/// assert_eq!(full_at(&set, &states), 0); // nothing to keep
+/// for _ in 0..10 {
+///     decide(&set, &mut states, 0, 1, None);
+/// }
+/// assert_eq!(full_at(&set, &states), 1_000_000); // 10 units back at 100 ms each
+/// # Ok::<(), tower_ratelimit::BoxError>(())
+/// ```
 pub fn full_at(set: &PolicySet, states: &[Option<State>]) -> u64 {
     set.params()
         .iter()

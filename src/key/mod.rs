@@ -72,15 +72,50 @@ pub use route::MatchedPath;
 use crate::error::KeyError;
 
 /// Names the key a request is counted under.
+///
+/// Any closure `Fn(&Req) -> Option<K>` with `K: Into<Key>` is one.
+///
+/// ```
+/// use tower_ratelimit::key::{Header, Key, KeyExtractor};
+///
+/// let by_tenant = |req: &http::Request<()>| {
+///     req.uri().path().strip_prefix("/t/")?.split('/').next().map(String::from)
+/// };
+/// let req = http::Request::get("/t/acme/orders").body(()).unwrap();
+/// assert_eq!(by_tenant.extract(&req)?, Some(Key::from("acme")));
+/// assert_eq!(by_tenant.extract(&http::Request::new(()))?, None); // not counted
+/// assert_eq!(by_tenant.fixed(), None); // depends on the request
+///
+/// let api_key = Header::new("x-api-key");
+/// assert_eq!(api_key.extract(&http::Request::new(()))?, None);
+/// # Ok::<(), tower_ratelimit::KeyError>(())
+/// ```
 pub trait KeyExtractor<Req>: Send + Sync + 'static {
     /// The request's key, `None` if it has none, or an error if the
     /// extractor cannot work on this service.
+    ///
+    /// ```
+    /// use tower_ratelimit::key::{Key, KeyExtractor};
+    ///
+    /// let by_user = |req: &http::Request<()>| req.headers().get("x-user")?.to_str().ok().map(String::from);
+    /// let req = http::Request::get("/").header("x-user", "alice").body(()).unwrap();
+    /// assert_eq!(by_user.extract(&req)?, Some(Key::from("alice")));
+    /// # Ok::<(), tower_ratelimit::KeyError>(())
+    /// ```
     fn extract(&self, req: &Req) -> Result<Option<Key>, KeyError>;
 
     /// The key of every request, when it does not depend on the request
     /// (as for [`Global`]). A layer in [`OnLimit::Wait`](crate::OnLimit::Wait)
     /// mode with a fixed key and cost reserves the next slot in
     /// `poll_ready`, pacing its caller by backpressure. Default: `None`.
+    ///
+    /// ```
+    /// use tower_ratelimit::key::{Global, Key, KeyExtractor};
+    ///
+    /// assert_eq!(KeyExtractor::<http::Request<()>>::fixed(&Global), Some(Key::global()));
+    /// let by_path = |req: &http::Request<()>| Some(req.uri().path().to_owned());
+    /// assert_eq!(by_path.fixed(), None);
+    /// ```
     fn fixed(&self) -> Option<Key> {
         None
     }
@@ -103,6 +138,19 @@ where
 /// `Key::from("7")` are counted apart, and so are the combinations
 /// `("a:b", "c")` and `("a", "b:c")`. Cloning is cheap: at most a
 /// reference count.
+///
+/// ```
+/// use std::net::Ipv4Addr;
+/// use tower_ratelimit::key::Key;
+///
+/// assert_ne!(Key::from(7_u64), Key::from("7"));
+/// assert_eq!(Key::from("alice"), Key::from(String::from("alice")));
+/// assert_eq!(Key::from(Ipv4Addr::LOCALHOST), Key::from(std::net::IpAddr::from(Ipv4Addr::LOCALHOST)));
+/// assert_ne!(
+///     Key::composite([Key::from("a:b"), Key::from("c")]),
+///     Key::composite([Key::from("a"), Key::from("b:c")]),
+/// );
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Key(Repr);
 
@@ -118,6 +166,14 @@ enum Repr {
 
 impl Key {
     /// The one key shared by every request.
+    ///
+    /// ```
+    /// use tower_ratelimit::key::{Global, Key, KeyExtractor};
+    ///
+    /// assert_eq!(Global.extract(&http::Request::new(()))?, Some(Key::global()));
+    /// assert_ne!(Key::global(), Key::from(""));
+    /// # Ok::<(), tower_ratelimit::KeyError>(())
+    /// ```
     #[must_use]
     pub const fn global() -> Self {
         Key(Repr::Global)
@@ -306,12 +362,45 @@ impl From<Ipv6Addr> for Key {
 /// Any closure `Fn(&Req) -> u64` is a cost. A request whose cost exceeds a
 /// policy's burst can never be admitted and is rejected at once, with no
 /// retry time.
+///
+/// ```
+/// use tower_ratelimit::key::{Cost, UnitCost};
+///
+/// // One unit per started kilobyte of declared body.
+/// let by_size = |req: &http::Request<()>| {
+///     let len: u64 = req
+///         .headers()
+///         .get(http::header::CONTENT_LENGTH)
+///         .and_then(|v| v.to_str().ok()?.parse().ok())
+///         .unwrap_or(0);
+///     len.div_ceil(1024).max(1)
+/// };
+/// let upload = http::Request::post("/").header("content-length", "3000").body(()).unwrap();
+/// assert_eq!(by_size.cost(&upload), 3);
+/// assert_eq!(by_size.cost(&http::Request::new(())), 1);
+/// assert_eq!(UnitCost.cost(&upload), 1);
+/// ```
 pub trait Cost<Req>: Send + Sync + 'static {
     /// The request's cost.
+    ///
+    /// ```
+    /// use tower_ratelimit::key::Cost;
+    ///
+    /// let by_batch = |batch: &Vec<u32>| batch.len() as u64;
+    /// assert_eq!(by_batch.cost(&vec![1, 2, 3]), 3);
+    /// ```
     fn cost(&self, req: &Req) -> u64;
 
     /// The cost of every request, when it does not depend on the request
     /// (as for [`UnitCost`]); see [`KeyExtractor::fixed`]. Default: `None`.
+    ///
+    /// ```
+    /// use tower_ratelimit::key::{Cost, UnitCost};
+    ///
+    /// assert_eq!(Cost::<()>::fixed(&UnitCost), Some(1));
+    /// let by_batch = |batch: &Vec<u32>| batch.len() as u64;
+    /// assert_eq!(by_batch.fixed(), None);
+    /// ```
     fn fixed(&self) -> Option<u64> {
         None
     }
@@ -327,6 +416,13 @@ where
 }
 
 /// Every request costs one unit.
+///
+/// ```
+/// use tower_ratelimit::key::{Cost, UnitCost};
+///
+/// assert_eq!(UnitCost.cost(&"any request"), 1);
+/// assert_eq!(Cost::<&str>::fixed(&UnitCost), Some(1));
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UnitCost;
 

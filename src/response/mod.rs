@@ -55,6 +55,16 @@ static PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem
 static GRPC: HeaderValue = HeaderValue::from_static("application/grpc");
 
 /// What the layer knows about answering, fixed at build time.
+///
+/// Made by the layer's builder and shared by every service of the layer
+/// (nothing outside the crate makes or reads one), so it is `Send + Sync`:
+///
+/// ```
+/// use tower_ratelimit::response::ResponseConfig;
+///
+/// fn shared_across_threads<T: Send + Sync + 'static>() {}
+/// shared_across_threads::<ResponseConfig>();
+/// ```
 pub struct ResponseConfig {
     style: HeaderStyle,
     /// What the fields say of each of the layer's policy sets.
@@ -116,6 +126,27 @@ mod sealed {
 /// [`ErrorRejection`] (chosen with
 /// [`reject_with_error`](crate::RateLimitLayerBuilder::reject_with_error))
 /// answers any request with errors.
+///
+/// Both are chosen through the layer's builder, never named in a bound of
+/// your own.
+///
+/// ```
+/// use tower::Layer;
+/// use tower_ratelimit::response::{ErrorRejection, HttpRejection};
+/// use tower_ratelimit::{Policy, Quota, RateLimit, RateLimitLayer};
+///
+/// # fn service() -> Result<(), tower_ratelimit::BoxError> {
+/// let http = RateLimitLayer::builder().policy(Policy::new("p", Quota::per_second(10))).build()?;
+/// let jobs = RateLimitLayer::builder()
+///     .policy(Policy::new("p", Quota::per_second(10)))
+///     .reject_with_error()
+///     .build()?;
+/// let _: RateLimit<(), _, _, _, HttpRejection, _, _> = http.layer(());
+/// let _: RateLimit<(), _, _, _, ErrorRejection, _, _> = jobs.layer(());
+/// # Ok(())
+/// # }
+/// # service().unwrap();
+/// ```
 pub trait Respond<Req, Res, E>: sealed::Sealed + Send + Sync + 'static {
     /// The service's response.
     type Response;
@@ -142,10 +173,52 @@ pub trait Respond<Req, Res, E>: sealed::Sealed + Send + Sync + 'static {
 }
 
 /// HTTP services answer limited requests with `429` (or gRPC status 8).
+///
+/// ```
+/// use http::{Request, Response, StatusCode};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_ratelimit::{Policy, Quota, RateLimitLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
+/// let layer = RateLimitLayer::builder()
+///     .policy(Policy::new("p", Quota::per_minute(1)))
+///     .build()?;
+/// let svc = layer.layer(service_fn(|_: Request<String>| async {
+///     Ok::<_, std::convert::Infallible>(Response::new(String::from("hello")))
+/// }));
+/// let ok = svc.clone().oneshot(Request::new(String::new())).await?;
+/// assert_eq!(ok.status(), StatusCode::OK);
+/// let limited = svc.oneshot(Request::new(String::new())).await?;
+/// assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+/// assert!(limited.headers().contains_key("retry-after"));
+/// assert_eq!(limited.headers()["content-type"], "text/plain; charset=utf-8");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HttpRejection;
 
 /// Any service answers limited requests with a boxed [`RateLimited`] error.
+///
+/// ```
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use tower_ratelimit::{Policy, Quota, RateLimitLayer, RateLimited};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
+/// let layer = RateLimitLayer::builder()
+///     .policy(Policy::new("jobs", Quota::per_minute(1)))
+///     .reject_with_error()
+///     .build()?;
+/// let svc = layer.layer(service_fn(|job: u32| async move { Ok::<_, std::io::Error>(job * 2) }));
+/// assert_eq!(svc.clone().oneshot(1).await?, 2);
+/// let err = svc.oneshot(2).await.unwrap_err();
+/// let limited = err.downcast_ref::<RateLimited>().expect("a RateLimited error");
+/// assert!(limited.retry_after().is_some());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ErrorRejection;
 

@@ -16,6 +16,25 @@ use redis::{AsyncConnectionConfig, Cmd, RedisError, RedisResult, Value};
 /// dropped and the next call asks the sentinels for the master again, so
 /// decisions resume on the promoted replica as soon as the sentinels name
 /// it.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), tower_ratelimit::BoxError> {
+/// use tower_ratelimit::store::RedisStore;
+/// use tower_ratelimit::{Policy, Quota, RateLimiterBuilder};
+///
+/// let store = RedisStore::builder()
+///     .sentinel_password("sentinel-password")
+///     .connect_sentinel(["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"], "mymaster")
+///     .await?;
+/// let limiter = RateLimiterBuilder::with_store(store)
+///     .policy(Policy::new("api", Quota::per_second(100)))
+///     .build()?;
+/// // Decided on the current master, and on the promoted one after a failover.
+/// let d = limiter.try_acquire("client-42", 1).await?;
+/// assert!(d.is_allowed() || d.retry_after().is_some());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct SentinelConnection(Arc<Shared>);
 
