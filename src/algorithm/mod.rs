@@ -40,7 +40,9 @@ use crate::quota::{Algorithm, Params, PolicySet};
 pub(crate) use concurrency::Concurrency;
 pub(crate) use fixed_window::FixedWindow;
 pub(crate) use level::Level;
-pub(crate) use sliding_counter::{SlidingCounter, steps as sliding_counter_steps};
+pub(crate) use sliding_counter::SlidingCounter;
+#[cfg(feature = "redis")]
+pub(crate) use sliding_counter::steps as sliding_counter_steps;
 pub(crate) use sliding_log::SlidingLog;
 pub(crate) use token_bucket::TokenBucket;
 
@@ -218,6 +220,7 @@ fn commit(set: &PolicySet, states: &mut [Option<State>], now: u64, t: u64, cost:
     }
 }
 
+#[cfg(feature = "redis")]
 /// [`decide`] on states a store read that may be partial (a sliding log
 /// read from Redis holds only what its script needed): `None` when they do
 /// not hold what the decision needs.
@@ -244,6 +247,7 @@ pub(crate) fn decide_view(
     Some(finish(set, states, now, max_wait, slots.as_mut()))
 }
 
+#[cfg(feature = "redis")]
 /// [`check`] on states that may be partial, as [`decide_view`].
 pub(crate) fn check_view(
     set: &PolicySet,
@@ -255,6 +259,7 @@ pub(crate) fn check_view(
     covered(set, states, now, cost, None).then(|| check(set, states, now, cost, max_wait))
 }
 
+#[cfg(feature = "redis")]
 fn covered(
     set: &PolicySet,
     states: &[Option<State>],
@@ -268,6 +273,7 @@ fn covered(
         .all(|(p, s)| s.as_ref().is_none_or(|s| s.covers(p, now, cost, commit_at)))
 }
 
+#[cfg(feature = "memory")]
 /// Drops what has expired from the sliding logs in `states`, as of the
 /// earliest time a request could now be admitted: a store that keeps
 /// states calls this when it reads them, so no decision walks what expired
