@@ -188,6 +188,9 @@ pub struct PolicyDecision {
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct PolicyInfo {
     pub(crate) name: &'static str,
+    /// Its decision counters' labels, one pair per outcome.
+    #[cfg(feature = "metrics")]
+    pub(crate) labels: &'static crate::observe::Labels,
     pub(crate) concurrency: bool,
     pub(crate) limit: u64,
     /// µs.

@@ -133,8 +133,11 @@ impl Local {
     }
 }
 
-/// What is needed to decide a check again after its future failed.
-pub(crate) struct Redo {
+/// A [`Check`] that owns what it refers to: what decides a check again
+/// after its future failed (in the fallback), gives back the lease it may
+/// hold, or renews and releases a held lease.
+#[derive(Clone)]
+pub(crate) struct OwnedCheck {
     key: Key,
     set: PolicySet,
     cost: u64,
@@ -143,7 +146,7 @@ pub(crate) struct Redo {
     lease: u64,
 }
 
-impl Redo {
+impl OwnedCheck {
     pub(crate) fn of(check: &Check<'_>) -> Self {
         Self {
             key: check.key().clone(),
@@ -161,6 +164,11 @@ impl Redo {
             .with_op(self.op)
             .with_lease(self.lease)
     }
+
+    /// The lease id it holds its concurrency units under (0: none).
+    pub(crate) fn lease(&self) -> u64 {
+        self.lease
+    }
 }
 
 /// What an engine does with a failed decision, whatever its store.
@@ -176,7 +184,7 @@ pub(crate) trait Failover: Send + Sync {
     /// lease. A store's release of a lease that holds nothing changes
     /// nothing, and comes after the decision it follows on the same
     /// connection.
-    fn forget(self: Arc<Self>, redo: Box<Redo>);
+    fn forget(self: Arc<Self>, check: OwnedCheck);
 }
 
 pin_project! {
@@ -191,36 +199,35 @@ pin_project! {
         #[pin]
         inner: F,
         engine: Arc<dyn Failover>,
-        redo: Option<Box<Redo>>,
-        // Whether the check holds a lease, given back unless it is known
-        // not to be needed.
-        leased: bool,
-        done: bool,
+        // The check, when it is needed after the call: to decide it again in
+        // the fallback, to give its lease back, or to log it.
+        check: Option<OwnedCheck>,
         // When the call began, when decisions are observed.
         started: Option<std::time::Instant>,
     }
 
     impl<F> PinnedDrop for DecideFuture<F> {
         fn drop(this: Pin<&mut Self>) {
+            // Dropped unanswered (an answer takes the check).
             let this = this.project();
-            if *this.leased && !*this.done {
-                if let Some(redo) = this.redo.take() {
-                    Arc::clone(this.engine).forget(redo);
-                }
-            }
+            give_back(this.engine, this.check);
         }
     }
 }
 
+/// Gives back what `check`'s lease may hold, if it has one.
+fn give_back(engine: &Arc<dyn Failover>, check: &mut Option<OwnedCheck>) {
+    if let Some(check) = check.take_if(|c| c.lease != 0) {
+        Arc::clone(engine).forget(check);
+    }
+}
+
 impl<F> DecideFuture<F> {
-    pub(crate) fn new(inner: F, engine: Arc<dyn Failover>, redo: Option<Box<Redo>>) -> Self {
-        let leased = redo.as_ref().is_some_and(|r| r.lease != 0);
+    pub(crate) fn new(inner: F, engine: Arc<dyn Failover>, check: Option<OwnedCheck>) -> Self {
         Self {
             inner,
             engine,
-            redo,
-            leased,
-            done: false,
+            check,
             started: crate::observe::ON.then(std::time::Instant::now),
         }
     }
@@ -241,24 +248,21 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        *this.done = true;
         Poll::Ready(match result {
             // Granted or refused: the caller holds or drops the lease.
             Ok(d) => {
-                if let Some(redo) = this.redo.as_deref() {
+                if let Some(check) = this.check.take() {
                     let latency = this.started.map(|s| s.elapsed());
-                    this.engine.decided(redo.check(), &d, latency);
+                    this.engine.decided(check.check(), &d, latency);
                 }
                 Ok(d)
             }
             Err(e) => {
-                let decided = this.engine.failed(e, this.redo.as_deref().map(Redo::check));
+                let decided = this
+                    .engine
+                    .failed(e, this.check.as_ref().map(OwnedCheck::check));
                 // The store may have granted units it could not report.
-                if *this.leased {
-                    if let Some(redo) = this.redo.take() {
-                        Arc::clone(this.engine).forget(redo);
-                    }
-                }
+                give_back(this.engine, this.check);
                 decided
             }
         })

@@ -47,7 +47,7 @@ use tokio::sync::{Notify, oneshot};
 use crate::config::FailurePolicy;
 use crate::decision::Decision;
 use crate::error::{AcquireError, ConfigError, RateLimited, StoreError};
-use crate::fallback::{DecideFuture, Failover, FailureLog, Local, Redo};
+use crate::fallback::{DecideFuture, Failover, FailureLog, Local, OwnedCheck};
 use crate::key::Key;
 use crate::observe::{self, Observer};
 use crate::quota::{Algorithm, Policy, PolicySet};
@@ -107,13 +107,14 @@ impl<St: Store> Engine<St> {
 
     /// The store's answer to come, through the failure handling.
     pub(crate) fn decide_later(self: &Arc<Self>, check: Check<'_>) -> DecideFuture<St::Future> {
-        // Kept to decide again in the fallback, or to give back a lease.
-        let redo = (observe::ON || self.fallback.is_some() || check.lease() != 0)
-            .then(|| Box::new(Redo::of(&check)));
+        // Kept to decide again in the fallback, to give back a lease, or to
+        // report the decision.
+        let kept = (self.fallback.is_some() || check.lease() != 0 || observe::wanted())
+            .then(|| OwnedCheck::of(&check));
         DecideFuture::new(
             self.store.decide(check),
             Arc::clone(self) as Arc<dyn Failover>,
-            redo,
+            kept,
         )
     }
 
@@ -165,10 +166,7 @@ impl<St: Store> Engine<St> {
         Some(PendingHold(Box::new((
             Arc::clone(self) as Arc<dyn Keeper>,
             Lease {
-                key: key.clone(),
-                set: set.clone(),
-                id: lease_id(),
-                cost,
+                held: OwnedCheck::of(&Check::new(key, set, cost).with_lease(lease_id())),
                 every,
                 degraded: false,
             },
@@ -208,21 +206,21 @@ impl<St: Store> Failover for Engine<St> {
         }
     }
 
-    fn forget(self: Arc<Self>, redo: Box<Redo>) {
-        self.forget_lease(redo);
-    }
-}
-
-impl<St: Store> Engine<St> {
-    fn forget_lease(self: Arc<Self>, redo: Box<Redo>) {
+    fn forget(self: Arc<Self>, check: OwnedCheck) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // No runtime to release on: the lease runs out by itself.
             return;
         };
-        runtime.spawn(async move {
-            let _ = self.store.decide(redo.check().with_op(Op::Release)).await;
-            self.released.notify_waiters();
-        });
+        runtime.spawn(async move { self.release_later(&check).await });
+    }
+}
+
+impl<St: Store> Engine<St> {
+    /// Gives back on the store what `held`'s lease holds, then wakes local
+    /// waiters for a permit.
+    async fn release_later(&self, held: &OwnedCheck) {
+        let _ = self.store.decide(held.check().with_op(Op::Release)).await;
+        self.released.notify_waiters();
     }
 }
 
@@ -258,8 +256,7 @@ impl<St: Store> Keeper for Engine<St> {
                     Err(_) => {}
                 }
             }
-            let _ = self.store.decide(lease.check(Op::Release)).await;
-            self.released.notify_waiters();
+            self.release_later(&lease.held).await;
         });
     }
 }
@@ -270,7 +267,7 @@ pub(crate) struct PendingHold(Box<(Arc<dyn Keeper>, Lease)>);
 impl PendingHold {
     /// The lease id the store's check must carry.
     pub(crate) fn id(&self) -> u64 {
-        self.0.1.id
+        self.0.1.held.lease()
     }
 
     /// The request was admitted: hold its units until the hold is dropped.
@@ -299,11 +296,6 @@ fn renew_every(set: &PolicySet) -> Option<Duration> {
         .min()
 }
 
-/// Whether `set` holds units that must be given back.
-pub(crate) fn has_concurrency(set: &PolicySet) -> bool {
-    set.has_concurrency()
-}
-
 /// A lease id no other holder of a key draws: a counter through a
 /// bijective mix, offset by a per-process random seed.
 fn lease_id() -> u64 {
@@ -320,10 +312,8 @@ fn lease_id() -> u64 {
 
 /// The units one holder has on a key's concurrency policies.
 struct Lease {
-    key: Key,
-    set: PolicySet,
-    id: u64,
-    cost: u64,
+    /// The key, policies, cost and lease id it holds.
+    held: OwnedCheck,
     /// How often it is renewed.
     every: Duration,
     /// Held in the fallback's local store.
@@ -332,9 +322,7 @@ struct Lease {
 
 impl Lease {
     fn check(&self, op: Op) -> Check<'_> {
-        Check::new(&self.key, &self.set, self.cost)
-            .with_op(op)
-            .with_lease(self.id)
+        self.held.check().with_op(op)
     }
 }
 
@@ -652,7 +640,7 @@ impl<St: Store> RateLimiter<St> {
         key: impl Into<Key>,
         cost: u64,
     ) -> Result<Decision, AcquireError> {
-        if has_concurrency(&self.engine.policies) {
+        if self.engine.policies.has_concurrency() {
             return Err(AcquireError::PermitRequired);
         }
         let key = key.into();
@@ -698,7 +686,7 @@ impl<St: Store> RateLimiter<St> {
     /// [`AcquireError::PermitRequired`] when the limiter has concurrency
     /// policies (use [`acquire_permit`](Self::acquire_permit)).
     pub async fn acquire(&self, key: impl Into<Key>, cost: u64) -> Result<Decision, AcquireError> {
-        if has_concurrency(&self.engine.policies) {
+        if self.engine.policies.has_concurrency() {
             return Err(AcquireError::PermitRequired);
         }
         let key = key.into();

@@ -33,6 +33,18 @@ use crate::store::Op;
 /// Whether decisions are observed at all: only with a feature that does.
 pub(crate) const ON: bool = cfg!(any(feature = "tracing", feature = "metrics"));
 
+/// Whether a decision is to be reported now: always with `metrics`, with
+/// `tracing` only while its debug events are on.
+#[inline]
+pub(crate) fn wanted() -> bool {
+    #[cfg(feature = "metrics")]
+    return true;
+    #[cfg(all(feature = "tracing", not(feature = "metrics")))]
+    return tracing::enabled!(target: "tower_ratelimit", tracing::Level::DEBUG);
+    #[cfg(not(any(feature = "tracing", feature = "metrics")))]
+    return false;
+}
+
 /// How an engine reports what it decides.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Observer {
@@ -90,12 +102,11 @@ impl Observer {
             }
             #[cfg(feature = "metrics")]
             {
-                let params = check.policies().params();
-                for (p, decided) in params.iter().zip(d.policies()) {
+                for p in d.policies() {
                     if d.is_allowed() {
-                        count(&p.labels[0]);
-                    } else if !decided.is_allowed() {
-                        count(&p.labels[1]);
+                        count(&p.policy.labels[0]);
+                    } else if !p.is_allowed() {
+                        count(&p.policy.labels[1]);
                     }
                 }
                 if let Some(latency) = latency {
@@ -151,7 +162,7 @@ impl Observer {
         if let Some(check) = check.filter(|c| c.op() == Op::Acquire) {
             let outcome = failure_outcome(failure);
             for p in check.policies().params() {
-                count(&p.labels[outcome]);
+                count(&p.info.labels[outcome]);
             }
         }
         let _ = err;

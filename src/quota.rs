@@ -471,9 +471,6 @@ pub(crate) struct Params {
     pub(crate) info: &'static PolicyInfo,
     /// Names the policy by name and fingerprint, process-wide.
     pub(crate) id: u32,
-    /// Its decision counters' labels.
-    #[cfg(feature = "metrics")]
-    pub(crate) labels: &'static crate::observe::Labels,
     pub(crate) algorithm: Algorithm,
     /// Units per period.
     pub(crate) limit: u64,
@@ -635,10 +632,10 @@ impl Params {
         Ok(Self {
             name,
             id: crate::intern::policy_id(name, fingerprint),
-            #[cfg(feature = "metrics")]
-            labels: crate::intern::metric_labels(name),
             info: crate::intern::policy(PolicyInfo {
                 name,
+                #[cfg(feature = "metrics")]
+                labels: crate::intern::metric_labels(name),
                 concurrency: algorithm == Algorithm::Concurrency,
                 limit: q.limit,
                 period,

@@ -19,8 +19,8 @@ mod sentinel;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
@@ -273,42 +273,50 @@ struct Inner {
     timeline: Timeline,
 }
 
-/// The latest Redis time a store has seen, and when it saw it here: a floor
-/// for the time of its next decisions, so that a Redis clock stepping back
-/// (a failover to a node whose clock is behind) holds no active key back.
-/// The floor runs on this machine's monotonic clock, 0.1% slower than it
-/// (for clocks that run apart), from a time Redis had already read when
-/// its reply arrived: never ahead of the timeline Redis showed.
+/// The latest Redis time a store has seen, run on by this machine's
+/// monotonic clock: a floor for the time of its next decisions, so that a
+/// Redis clock stepping back (a failover to a node whose clock is behind)
+/// holds no active key back. The floor runs 0.1% slower than the local
+/// clock (for clocks that run apart), from a time Redis had already read
+/// when its reply arrived: never ahead of the timeline Redis showed.
+///
+/// A reply reading Redis's time `r` when this clock reads `l` (µs since
+/// `start`) gives the floor `r + 0.999 (now - l)`. The best of them is the
+/// one with the largest `1000 r - 999 l`, kept in one atomic: no lock.
 #[derive(Debug)]
-struct Timeline(Mutex<(u64, Instant)>);
+struct Timeline {
+    start: Instant,
+    /// `1000 r - 999 l` of the best reply; `i64::MIN` before any.
+    best: AtomicI64,
+}
 
 impl Timeline {
     fn new() -> Self {
-        Self(Mutex::new((0, Instant::now())))
+        Self {
+            start: Instant::now(),
+            best: AtomicI64::new(i64::MIN),
+        }
     }
 
-    fn estimate(seen: (u64, Instant), now: Instant) -> u64 {
-        let (at, when) = seen;
-        if at == 0 {
+    fn local(&self) -> i64 {
+        i64::try_from(duration_micros(self.start.elapsed())).unwrap_or(i64::MAX)
+    }
+
+    /// The least time the next decision may be made at (0: none known).
+    fn floor(&self) -> u64 {
+        let best = self.best.load(Ordering::Relaxed);
+        if best == i64::MIN {
             return 0;
         }
-        let elapsed = duration_micros(now.saturating_duration_since(when));
-        at.saturating_add(elapsed - elapsed / 1000)
-    }
-
-    /// The least time the next decision may be made at.
-    fn floor(&self) -> u64 {
-        let seen = *self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        Self::estimate(seen, Instant::now())
+        let floor = (i128::from(best) + 999 * i128::from(self.local())) / 1000;
+        u64::try_from(floor).unwrap_or(0)
     }
 
     /// A reply read Redis's time as `at`.
     fn saw(&self, at: u64) {
-        let now = Instant::now();
-        let mut seen = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if at >= Self::estimate(*seen, now) {
-            *seen = (at, now);
-        }
+        let key = i128::from(at) * 1000 - 999 * i128::from(self.local());
+        let key = i64::try_from(key).unwrap_or(if key < 0 { i64::MIN + 1 } else { i64::MAX });
+        self.best.fetch_max(key, Ordering::Relaxed);
     }
 }
 
