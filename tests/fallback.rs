@@ -223,58 +223,11 @@ async fn zero_instances_is_a_config_error() {
 #[cfg(feature = "tracing")]
 mod logging {
     use super::*;
-    use std::sync::Mutex;
-    use tracing::field::{Field, Visit};
-    use tracing::span::{Attributes, Id, Record};
-    use tracing::{Event, Metadata, Subscriber};
-
-    /// Keeps the `skipped` field of every warning logged on one thread.
-    #[derive(Clone)]
-    struct Warnings(Arc<Mutex<Vec<u64>>>, std::thread::ThreadId);
-
-    struct Skipped(Option<u64>);
-
-    impl Visit for Skipped {
-        fn record_u64(&mut self, field: &Field, value: u64) {
-            if field.name() == "skipped" {
-                self.0 = Some(value);
-            }
-        }
-        fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
-    }
-
-    impl Subscriber for Warnings {
-        fn enabled(&self, _: &Metadata<'_>) -> bool {
-            true
-        }
-        fn new_span(&self, _: &Attributes<'_>) -> Id {
-            Id::from_u64(1)
-        }
-        fn record(&self, _: &Id, _: &Record<'_>) {}
-        fn record_follows_from(&self, _: &Id, _: &Id) {}
-        fn event(&self, event: &Event<'_>) {
-            if *event.metadata().level() == tracing::Level::WARN
-                && std::thread::current().id() == self.1
-            {
-                let mut v = Skipped(None);
-                event.record(&mut v);
-                self.0
-                    .lock()
-                    .unwrap()
-                    .push(v.0.expect("a failure warning carries `skipped`"));
-            }
-        }
-        fn enter(&self, _: &Id) {}
-        fn exit(&self, _: &Id) {}
-    }
+    use support::events::Events;
 
     #[tokio::test(start_paused = true)]
     async fn a_failing_store_is_logged_once_a_second_with_the_count_skipped() {
-        // The global subscriber: a thread's own would miss events whose
-        // call site another test's thread saw first with none. It keeps
-        // only this test's thread's warnings.
-        let warnings = Warnings(Arc::default(), std::thread::current().id());
-        tracing::subscriber::set_global_default(warnings.clone()).unwrap();
+        let warnings = Events::install(tracing::Level::WARN);
         let store = Flaky::new();
         store.set_down(true);
         let l = limiter(
@@ -287,7 +240,15 @@ mod logging {
             assert!(l.try_acquire("k", 1).await.unwrap().is_degraded());
             tokio::time::advance(Duration::from_millis(10)).await;
         }
-        let logged = warnings.0.lock().unwrap().clone();
+        let logged: Vec<u64> = warnings
+            .seen()
+            .iter()
+            .map(|w| {
+                w["skipped"]
+                    .parse()
+                    .expect("a failure warning carries `skipped`")
+            })
+            .collect();
         // Logged at 0 s, 1 s, 2 s and 3 s; each after the 99 counted
         // since the one before.
         assert_eq!(logged, [0, 99, 99, 99]);

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::fresh_key;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,12 +28,6 @@ fn limiter<St: Store>(store: St, policies: Vec<Policy>) -> RateLimiter<St> {
         .policies(policies)
         .build()
         .unwrap()
-}
-
-/// A new key for every use, so tests sharing a Redis never meet.
-fn fresh_key(tag: &str) -> Key {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    Key::from(format!("{tag}-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
 }
 
 // ---- The calls, written once for any store ----

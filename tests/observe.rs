@@ -6,62 +6,12 @@ mod support;
 
 #[cfg(feature = "tracing")]
 mod tracing_events {
-    use std::collections::BTreeMap;
-    use std::sync::{Arc, Mutex};
-
+    use super::support::events::Events;
     use tower_ratelimit::{Policy, Quota, RateLimiter};
-    use tracing::field::{Field, Visit};
-    use tracing::span::{Attributes, Id, Record};
-    use tracing::{Event, Level, Metadata, Subscriber};
-
-    type Fields = BTreeMap<&'static str, String>;
-
-    /// Keeps the fields of every debug event of this crate logged on the
-    /// thread that made it.
-    #[derive(Clone)]
-    struct Events(Arc<Mutex<Vec<Fields>>>, std::thread::ThreadId);
-
-    struct Collect(Fields);
-
-    impl Visit for Collect {
-        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-            self.0.insert(field.name(), format!("{value:?}"));
-        }
-        fn record_str(&mut self, field: &Field, value: &str) {
-            self.0.insert(field.name(), value.to_owned());
-        }
-    }
-
-    impl Subscriber for Events {
-        fn enabled(&self, _: &Metadata<'_>) -> bool {
-            true
-        }
-        fn new_span(&self, _: &Attributes<'_>) -> Id {
-            Id::from_u64(1)
-        }
-        fn record(&self, _: &Id, _: &Record<'_>) {}
-        fn record_follows_from(&self, _: &Id, _: &Id) {}
-        fn event(&self, event: &Event<'_>) {
-            let meta = event.metadata();
-            if *meta.level() == Level::DEBUG
-                && meta.target() == "tower_ratelimit"
-                && std::thread::current().id() == self.1
-            {
-                let mut c = Collect(Fields::new());
-                event.record(&mut c);
-                self.0.lock().unwrap().push(c.0);
-            }
-        }
-        fn enter(&self, _: &Id) {}
-        fn exit(&self, _: &Id) {}
-    }
 
     #[test]
     fn every_decision_is_an_event_with_the_key_hashed_unless_asked() {
-        // Global: a thread's own subscriber would miss call sites another
-        // thread saw first.
-        let events = Events(Arc::default(), std::thread::current().id());
-        tracing::subscriber::set_global_default(events.clone()).unwrap();
+        let events = Events::install(tracing::Level::DEBUG);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -87,7 +37,7 @@ mod tracing_events {
             hashed.reset("sk-secret-1").await.unwrap();
             raw.try_acquire("sk-secret-1", 1).await.unwrap();
         });
-        let got = events.0.lock().unwrap().clone();
+        let got = events.seen();
         assert_eq!(got.len(), 4, "{got:#?}");
         let field = |i: usize, name: &str| got[i][name].clone();
         assert_eq!(field(0, "allowed"), "true");

@@ -4,9 +4,10 @@
 
 mod support;
 
+use support::{fresh_key, policy};
+
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
@@ -26,36 +27,12 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// A new key for every use, so cases never see each other's state.
-fn fresh_key(tag: &str) -> Key {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    Key::from(format!("{tag}-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
-}
-
 async fn store(server: &RedisServer) -> RedisStore {
     RedisStore::builder()
         .timeout(Duration::from_secs(5))
         .connect(&server.url())
         .await
         .unwrap()
-}
-
-fn policy(
-    name: &str,
-    algorithm: Algorithm,
-    limit: u64,
-    period_ms: u64,
-    burst: Option<u64>,
-) -> Policy {
-    let mut quota = Quota::new(limit, Duration::from_millis(period_ms));
-    let windowed = matches!(
-        algorithm,
-        Algorithm::FixedWindow | Algorithm::SlidingWindowLog | Algorithm::SlidingWindowCounter
-    );
-    if let (Some(b), false) = (burst, windowed) {
-        quota = quota.burst(b);
-    }
-    Policy::new(name, quota).with_algorithm(algorithm)
 }
 
 /// One step of a timeline: advance, then ask.

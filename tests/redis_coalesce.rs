@@ -9,47 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use support::{RedisServer, runtime};
+use support::{RedisServer, fcall_calls, fresh_key, policy, runtime};
 use tower_ratelimit::key::Key;
 use tower_ratelimit::store::{Check, Op, RedisStore, Store};
 use tower_ratelimit::{Algorithm, Policy, PolicySet, Quota};
-
-fn fresh_key(tag: &str) -> Key {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    Key::from(format!("{tag}-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
-}
-
-/// How many `FCALL`s Redis has run.
-fn calls(server: &RedisServer) -> u64 {
-    server
-        .command("INFO commandstats")
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
-fn policy(
-    name: &str,
-    algorithm: Algorithm,
-    limit: u64,
-    period_ms: u64,
-    burst: Option<u64>,
-) -> Policy {
-    let mut quota = Quota::new(limit, Duration::from_millis(period_ms));
-    // Windows and concurrency take no burst.
-    let windowed = matches!(
-        algorithm,
-        Algorithm::FixedWindow
-            | Algorithm::SlidingWindowLog
-            | Algorithm::SlidingWindowCounter
-            | Algorithm::Concurrency
-    );
-    if let (Some(b), false) = (burst, windowed) {
-        quota = quota.burst(b);
-    }
-    Policy::new(name, quota).with_algorithm(algorithm)
-}
 
 fn policies() -> impl Strategy<Value = PolicySet> {
     let one = |name: &'static str| {
@@ -151,10 +114,10 @@ fn a_burst_decided_together_answers_exactly_as_one_by_one() {
             }
         }
     });
-    let (calls_together, asked) = (calls(&together), requests.into_inner());
+    let (calls_together, asked) = (fcall_calls(&together), requests.into_inner());
     eprintln!(
         "{asked} requests in {calls_together} calls (one by one: {})",
-        calls(&apart)
+        fcall_calls(&apart)
     );
     assert!(
         calls_together * 2 < asked,
@@ -220,9 +183,9 @@ fn a_hot_key_is_decided_in_few_calls_and_admits_exactly_its_limit() {
         }
         assert_eq!(admitted, 300, "640 asked of 300");
         assert!(
-            calls(&server) < 640,
+            fcall_calls(&server) < 640,
             "{} calls for 640 requests",
-            calls(&server)
+            fcall_calls(&server)
         );
     });
 }

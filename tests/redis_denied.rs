@@ -8,17 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use support::{RedisServer, runtime};
+use support::{RedisServer, fcall_calls, fresh_key, policy, runtime};
 use tower_ratelimit::clock::{Clock, FakeClock};
 use tower_ratelimit::key::Key;
 use tower_ratelimit::store::{Check, Op, RedisStore, Store};
 use tower_ratelimit::{Algorithm, Decision, MemoryStore, Policy, PolicySet, Quota};
-
-/// A new key for every use, so cases never see each other's state.
-fn fresh_key(tag: &str) -> Key {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    Key::from(format!("{tag}-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
-}
 
 async fn store(server: &RedisServer, cached: bool) -> RedisStore {
     let mut builder = RedisStore::builder().timeout(Duration::from_secs(5));
@@ -26,34 +20,6 @@ async fn store(server: &RedisServer, cached: bool) -> RedisStore {
         builder = builder.denied_cache(0, Duration::ZERO);
     }
     builder.connect(&server.url()).await.unwrap()
-}
-
-/// How many calls Redis has run: `FCALL`s since the last reset of stats.
-fn calls(server: &RedisServer) -> u64 {
-    let stats = server.command("INFO commandstats");
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
-fn policy(
-    name: &str,
-    algorithm: Algorithm,
-    limit: u64,
-    period_ms: u64,
-    burst: Option<u64>,
-) -> Policy {
-    let mut quota = Quota::new(limit, Duration::from_millis(period_ms));
-    let windowed = matches!(
-        algorithm,
-        Algorithm::FixedWindow | Algorithm::SlidingWindowLog | Algorithm::SlidingWindowCounter
-    );
-    if let (Some(b), false) = (burst, windowed) {
-        quota = quota.burst(b);
-    }
-    Policy::new(name, quota).with_algorithm(algorithm)
 }
 
 fn policies() -> impl Strategy<Value = PolicySet> {
@@ -132,7 +98,7 @@ fn cached_denials_answer_field_for_field_like_the_uncached_store_on_random_timel
             prop_assert_eq!(a, b, "step {}: {:?}", i, step);
         }
     });
-    let (spared, asked) = (calls(&with), calls(&without));
+    let (spared, asked) = (fcall_calls(&with), fcall_calls(&without));
     eprintln!("Redis calls: {spared} with the cache, {asked} without");
     assert!(
         spared < asked,
@@ -167,11 +133,11 @@ fn a_cached_denial_stays_exact_while_another_instance_spends() {
             let c = check(&key, &set, step, clock.now_micros());
             let oracle = memory.decide_now(c);
             let store = if *here_side { &here } else { &there };
-            let before = calls(&server);
+            let before = fcall_calls(&server);
             let d: Decision = rt.block_on(store.decide(c)).unwrap();
             if *here_side {
                 served_here.fetch_add(1, Ordering::Relaxed);
-                asked_here.fetch_add(calls(&server) - before, Ordering::Relaxed);
+                asked_here.fetch_add(fcall_calls(&server) - before, Ordering::Relaxed);
             }
             prop_assert_eq!(d.is_allowed(), oracle.is_allowed(), "step {}: {:?}", i, step);
             // Denied here from what this instance last saw: in reject mode
@@ -209,7 +175,7 @@ fn a_flood_on_a_denied_key_costs_no_redis_call() {
         );
         let first = redis.decide(Check::new(&key, &set, 1)).await.unwrap();
         assert!(!first.is_allowed());
-        let before = calls(&server);
+        let before = fcall_calls(&server);
         // The same cost, and more: each waits longer, none is sent.
         for (cost, hours) in [(1, 12), (1, 12), (2, 24), (1, 12)] {
             for _ in 0..200 {
@@ -221,12 +187,16 @@ fn a_flood_on_a_denied_key_costs_no_redis_call() {
                 assert_eq!(d.remaining(), 0);
             }
         }
-        assert_eq!(calls(&server), before, "every denial was answered here");
+        assert_eq!(
+            fcall_calls(&server),
+            before,
+            "every denial was answered here"
+        );
         // A peek is answered alike; so is the layer's synchronous path.
         let peek = Check::new(&key, &set, 1).with_op(Op::Peek);
         assert!(!redis.decide(peek).await.unwrap().is_allowed());
         assert!(redis.decide_now(Check::new(&key, &set, 1)).is_some());
-        assert_eq!(calls(&server), before);
+        assert_eq!(fcall_calls(&server), before);
     });
 }
 

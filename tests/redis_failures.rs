@@ -6,18 +6,12 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{RedisServer, runtime};
+use support::{RedisServer, fresh_key, runtime};
 use tower_ratelimit::key::Key;
 use tower_ratelimit::store::{Check, RedisStore, Store};
 use tower_ratelimit::{Policy, PolicySet, Quota, StoreErrorKind};
-
-fn fresh_key(tag: &str) -> Key {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    Key::from(format!("{tag}-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
-}
 
 fn per_minute(n: u64) -> PolicySet {
     PolicySet::new(vec![Policy::new("p", Quota::per_minute(n))]).unwrap()

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+#[cfg(feature = "tracing")]
+pub mod events;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -548,4 +551,45 @@ impl RedisSentinels {
     pub fn urls(&self) -> Vec<String> {
         self.sentinels.iter().map(RedisServer::url).collect()
     }
+}
+
+/// A new key for every use, so tests sharing a Redis never meet.
+pub fn fresh_key(tag: &str) -> tower_ratelimit::key::Key {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    tower_ratelimit::key::Key::from(format!("{tag}-{}", NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// A policy of `algorithm`: `limit` per `period_ms` milliseconds, with
+/// `burst` where the algorithm takes one (windows and concurrency do not).
+pub fn policy(
+    name: &str,
+    algorithm: tower_ratelimit::Algorithm,
+    limit: u64,
+    period_ms: u64,
+    burst: Option<u64>,
+) -> tower_ratelimit::Policy {
+    use tower_ratelimit::{Algorithm, Quota};
+    let mut quota = Quota::new(limit, Duration::from_millis(period_ms));
+    let windowed = matches!(
+        algorithm,
+        Algorithm::FixedWindow
+            | Algorithm::SlidingWindowLog
+            | Algorithm::SlidingWindowCounter
+            | Algorithm::Concurrency
+    );
+    if let (Some(b), false) = (burst, windowed) {
+        quota = quota.burst(b);
+    }
+    tower_ratelimit::Policy::new(name, quota).with_algorithm(algorithm)
+}
+
+/// How many `FCALL`s `server` has run since its stats were last reset.
+pub fn fcall_calls(server: &RedisServer) -> u64 {
+    server
+        .command("INFO commandstats")
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
 }
