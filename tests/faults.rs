@@ -211,22 +211,6 @@ fn info_field(info: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Continues a stopped server when dropped, whatever the test did.
-struct Stopped<'a>(&'a RedisServer);
-
-impl<'a> Stopped<'a> {
-    fn new(server: &'a RedisServer) -> Self {
-        server.signal("STOP");
-        Self(server)
-    }
-}
-
-impl Drop for Stopped<'_> {
-    fn drop(&mut self) {
-        self.0.signal("CONT");
-    }
-}
-
 #[test]
 fn sigkill_under_load_answers_every_request_by_the_failure_policy_within_the_deadline() {
     let _serial = serial();
@@ -526,7 +510,7 @@ fn a_pause_longer_than_the_deadline_is_answered_by_the_policy_and_counts_nothing
     let answers = load(&rt, &limiter, &tag, 8, 32, &stop, t0);
     let fcalls = info_field(&server.command("INFO commandstats"), "cmdstat_fcall");
     std::thread::sleep(Duration::from_millis(300));
-    let stopped = Stopped::new(&server);
+    let stopped = server.stop();
     let paused = t0.elapsed();
     std::thread::sleep(Duration::from_millis(500));
     drop(stopped);

@@ -60,20 +60,7 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
 }
 
 fn policies() -> impl Strategy<Value = PolicySet> {
-    let one = |name: &'static str| {
-        (
-            prop::sample::select(ALGORITHMS.to_vec()),
-            1..12_u64,
-            prop_oneof![Just(1_000_u64), 1..3_000_u64, Just(60_000_u64)],
-            prop::option::of(1..15_u64),
-        )
-            .prop_map(move |(a, limit, period, burst)| policy(name, a, limit, period, burst))
-    };
-    prop_oneof![
-        one("a").prop_map(|p| vec![p]),
-        (one("a"), one("b")).prop_map(|(a, b)| vec![a, b]),
-    ]
-    .prop_map(|v| PolicySet::new(v).unwrap())
+    support::policy_sets(&ALGORITHMS, 1..12, 1..15)
 }
 
 /// Runs one timeline through both stores and returns the pairs of
@@ -389,8 +376,7 @@ fn a_stalled_redis_times_out_then_is_skipped_for_the_cool_down() {
         let key = fresh_key("stall");
         assert!(redis.decide(Check::new(&key, &set, 1)).await.is_ok());
         // Freeze the server: it accepts bytes but never answers.
-        let pid = server_pid(&server);
-        signal(pid, "STOP");
+        let stopped = server.stop();
         for _ in 0..3 {
             let e = redis.decide(Check::new(&key, &set, 1)).await.unwrap_err();
             assert_eq!(e.kind(), StoreErrorKind::Timeout);
@@ -402,28 +388,8 @@ fn a_stalled_redis_times_out_then_is_skipped_for_the_cool_down() {
             started.elapsed() < Duration::from_millis(20),
             "skipped without waiting"
         );
-        signal(pid, "CONT");
+        drop(stopped);
     });
-}
-
-fn server_pid(server: &RedisServer) -> u32 {
-    let info = server.command("INFO server");
-    info.lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig} {pid}");
 }
 
 /// Hammers one key from 4 stores × 32 tasks for `secs` of real time and

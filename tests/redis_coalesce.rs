@@ -9,26 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use support::{RedisServer, fcall_calls, fresh_key, policy, runtime};
+use support::{RedisServer, fcall_calls, fresh_key, runtime};
 use tower_ratelimit::key::Key;
 use tower_ratelimit::store::{Check, Op, RedisStore, Store};
 use tower_ratelimit::{Algorithm, Policy, PolicySet, Quota};
 
 fn policies() -> impl Strategy<Value = PolicySet> {
-    let one = |name: &'static str| {
-        (
-            prop::sample::select(Algorithm::ALL.to_vec()),
-            1..12_u64,
-            prop_oneof![Just(1_000_u64), 1..3_000_u64, Just(60_000_u64)],
-            prop::option::of(1..15_u64),
-        )
-            .prop_map(move |(a, limit, period, burst)| policy(name, a, limit, period, burst))
-    };
-    prop_oneof![
-        one("a").prop_map(|p| vec![p]),
-        (one("a"), one("b")).prop_map(|(a, b)| vec![a, b]),
-    ]
-    .prop_map(|v| PolicySet::new(v).unwrap())
+    support::policy_sets(&Algorithm::ALL, 1..12, 1..15)
 }
 
 /// A request of a burst: all of a burst's requests arrive at once.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use support::{RedisServer, fcall_calls, fresh_key, policy, runtime};
+use support::{RedisServer, fcall_calls, fresh_key, runtime};
 use tower_ratelimit::clock::{Clock, FakeClock};
 use tower_ratelimit::key::Key;
 use tower_ratelimit::store::{Check, Op, RedisStore, Store};
@@ -23,20 +23,7 @@ async fn store(server: &RedisServer, cached: bool) -> RedisStore {
 }
 
 fn policies() -> impl Strategy<Value = PolicySet> {
-    let one = |name: &'static str| {
-        (
-            prop::sample::select(Algorithm::RATES.to_vec()),
-            1..8_u64,
-            prop_oneof![Just(1_000_u64), 1..3_000_u64, Just(60_000_u64)],
-            prop::option::of(1..10_u64),
-        )
-            .prop_map(move |(a, limit, period, burst)| policy(name, a, limit, period, burst))
-    };
-    prop_oneof![
-        one("a").prop_map(|p| vec![p]),
-        (one("a"), one("b")).prop_map(|(a, b)| vec![a, b]),
-    ]
-    .prop_map(|v| PolicySet::new(v).unwrap())
+    support::policy_sets(&Algorithm::RATES, 1..8, 1..10)
 }
 
 /// One step of a timeline: advance, then ask.
@@ -166,13 +153,7 @@ fn a_flood_on_a_denied_key_costs_no_redis_call() {
             .unwrap();
         let set = PolicySet::new(vec![Policy::new("daily", Quota::per_day(2))]).unwrap();
         let key = fresh_key("flood");
-        assert!(
-            redis
-                .decide(Check::new(&key, &set, 2))
-                .await
-                .unwrap()
-                .is_allowed()
-        );
+        assert!(admits(&redis, &key, &set, 2).await);
         let first = redis.decide(Check::new(&key, &set, 1)).await.unwrap();
         assert!(!first.is_allowed());
         let before = fcall_calls(&server);
@@ -200,6 +181,15 @@ fn a_flood_on_a_denied_key_costs_no_redis_call() {
     });
 }
 
+/// Whether `redis` admits `cost` units for `key` under `set`.
+async fn admits(redis: &RedisStore, key: &Key, set: &PolicySet, cost: u64) -> bool {
+    redis
+        .decide(Check::new(key, set, cost))
+        .await
+        .unwrap()
+        .is_allowed()
+}
+
 #[test]
 fn a_reset_here_forgets_the_cached_denial() {
     let server = RedisServer::start();
@@ -208,20 +198,8 @@ fn a_reset_here_forgets_the_cached_denial() {
         let redis = store(&server, true).await;
         let set = PolicySet::new(vec![Policy::new("p", Quota::per_minute(1))]).unwrap();
         let key = fresh_key("reset");
-        assert!(
-            redis
-                .decide(Check::new(&key, &set, 1))
-                .await
-                .unwrap()
-                .is_allowed()
-        );
-        assert!(
-            !redis
-                .decide(Check::new(&key, &set, 1))
-                .await
-                .unwrap()
-                .is_allowed()
-        );
+        assert!(admits(&redis, &key, &set, 1).await);
+        assert!(!admits(&redis, &key, &set, 1).await);
         assert!(
             redis.decide_now(Check::new(&key, &set, 1)).is_some(),
             "cached"
@@ -231,13 +209,7 @@ fn a_reset_here_forgets_the_cached_denial() {
             .await
             .unwrap();
         assert!(redis.decide_now(Check::new(&key, &set, 1)).is_none());
-        assert!(
-            redis
-                .decide(Check::new(&key, &set, 1))
-                .await
-                .unwrap()
-                .is_allowed()
-        );
+        assert!(admits(&redis, &key, &set, 1).await);
     });
 }
 
@@ -250,29 +222,11 @@ fn a_changed_quota_is_not_answered_by_the_old_denial() {
         let one = PolicySet::new(vec![Policy::new("p", Quota::per_minute(1))]).unwrap();
         let two = PolicySet::new(vec![Policy::new("p", Quota::per_minute(2))]).unwrap();
         let key = fresh_key("quota");
-        assert!(
-            redis
-                .decide(Check::new(&key, &one, 1))
-                .await
-                .unwrap()
-                .is_allowed()
-        );
-        assert!(
-            !redis
-                .decide(Check::new(&key, &one, 1))
-                .await
-                .unwrap()
-                .is_allowed()
-        );
+        assert!(admits(&redis, &key, &one, 1).await);
+        assert!(!admits(&redis, &key, &one, 1).await);
         assert!(redis.decide_now(Check::new(&key, &one, 1)).is_some());
         assert!(redis.decide_now(Check::new(&key, &two, 1)).is_none());
-        assert!(
-            redis
-                .decide(Check::new(&key, &two, 1))
-                .await
-                .unwrap()
-                .is_allowed()
-        );
+        assert!(admits(&redis, &key, &two, 1).await);
     });
 }
 

@@ -17,22 +17,6 @@ fn per_minute(n: u64) -> PolicySet {
     PolicySet::new(vec![Policy::new("p", Quota::per_minute(n))]).unwrap()
 }
 
-/// Continues a stopped server when dropped, whatever the test did.
-struct Stopped<'a>(&'a RedisServer);
-
-impl<'a> Stopped<'a> {
-    fn new(server: &'a RedisServer) -> Self {
-        server.signal("STOP");
-        Self(server)
-    }
-}
-
-impl Drop for Stopped<'_> {
-    fn drop(&mut self) {
-        self.0.signal("CONT");
-    }
-}
-
 #[test]
 fn a_wrongtype_key_fails_that_request_only_and_never_trips_the_cool_down() {
     let server = RedisServer::start();
@@ -74,7 +58,7 @@ fn an_endless_cool_down_opens_for_good_without_overflowing() {
         let set = per_minute(100);
         let key = fresh_key("endless");
         assert!(store.decide(Check::new(&key, &set, 1)).await.is_ok());
-        let stopped = Stopped::new(&server);
+        let stopped = server.stop();
         for _ in 0..2 {
             let e = store.decide(Check::new(&key, &set, 1)).await.unwrap_err();
             assert_eq!(e.kind(), StoreErrorKind::Timeout);
@@ -109,7 +93,7 @@ fn when_the_cool_down_ends_one_request_probes_before_traffic_returns() {
                 .await
                 .is_ok()
         );
-        let stopped = Stopped::new(&server);
+        let stopped = server.stop();
         for _ in 0..2 {
             let e = store.decide(Check::new(&fresh_key("t"), &set, 1)).await;
             assert_eq!(e.unwrap_err().kind(), StoreErrorKind::Timeout);
@@ -282,7 +266,7 @@ mod cluster {
                 assert!(store.decide(Check::new(k, &set, 1)).await.is_ok());
             }
             let (stalled, stalled_key) = keys[0].clone();
-            let _stopped = Stopped::new(&cluster.nodes[stalled]);
+            let _stopped = cluster.nodes[stalled].stop();
             for _ in 0..3 {
                 let e = store.decide(Check::new(&stalled_key, &set, 1)).await;
                 assert_eq!(e.unwrap_err().kind(), StoreErrorKind::Timeout);

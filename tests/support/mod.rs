@@ -175,6 +175,13 @@ impl RedisServer {
         assert!(ok, "kill -{sig} {}", self.pid());
     }
 
+    /// Stops the server (`SIGSTOP`: it keeps its connections and answers
+    /// nothing) until the guard is dropped, whatever the test does.
+    pub fn stop(&self) -> Stopped<'_> {
+        self.signal("STOP");
+        Stopped(self)
+    }
+
     /// The TLS port, for a server started by [`RedisServer::start_tls`].
     pub fn tls_port(&self) -> Option<u16> {
         self.tls_port
@@ -592,4 +599,38 @@ pub fn fcall_calls(server: &RedisServer) -> u64 {
         .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A stopped server, continued when dropped; see [`RedisServer::stop`].
+pub struct Stopped<'a>(&'a RedisServer);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        self.0.signal("CONT");
+    }
+}
+
+/// Sets of one or two policies (named `a` and `b`) of `algorithms`, with
+/// limits in `limits`, periods of 1 s, up to 3 s and a minute, and maybe a
+/// burst in `bursts`.
+pub fn policy_sets(
+    algorithms: &'static [tower_ratelimit::Algorithm],
+    limits: std::ops::Range<u64>,
+    bursts: std::ops::Range<u64>,
+) -> impl proptest::strategy::Strategy<Value = tower_ratelimit::PolicySet> {
+    use proptest::prelude::*;
+    let one = move |name: &'static str| {
+        (
+            prop::sample::select(algorithms),
+            limits.clone(),
+            prop_oneof![Just(1_000_u64), 1..3_000_u64, Just(60_000_u64)],
+            prop::option::of(bursts.clone()),
+        )
+            .prop_map(move |(a, limit, period, burst)| policy(name, a, limit, period, burst))
+    };
+    prop_oneof![
+        one("a").prop_map(|p| vec![p]),
+        (one("a"), one("b")).prop_map(|(a, b)| vec![a, b]),
+    ]
+    .prop_map(|v| tower_ratelimit::PolicySet::new(v).unwrap())
 }
