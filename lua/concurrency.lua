@@ -47,17 +47,19 @@ local function conc_expire(key, lease)
   redis.call('PEXPIRE', key, div_ceil(lease, 1000) + 1 + ttl_slack)
 end
 
+-- ZADD of the members `m`, all scored `expiry`, after the options `args`.
+local function conc_zadd(key, args, expiry, m)
+  for j = 1, #m do
+    args[#args + 1] = expiry
+    args[#args + 1] = m[j]
+  end
+  redis.call('ZADD', key, unpack(args))
+end
+
 local function conc_save(key, n, adds, limit, lease, now)
   local expiry = int(now + lease)
   for i = 1, #adds, 2 do
-    conc_each(adds[i], adds[i + 1], function(m)
-      local args = {}
-      for j = 1, #m do
-        args[#args + 1] = expiry
-        args[#args + 1] = m[j]
-      end
-      redis.call('ZADD', key, unpack(args))
-    end)
+    conc_each(adds[i], adds[i + 1], function(m) conc_zadd(key, {}, expiry, m) end)
   end
   conc_expire(key, lease)
 end
@@ -73,14 +75,7 @@ local function conc_renew(key, limit, lease, now, holder, cost)
   local first = redis.call('ZSCORE', key, holder .. ':1')
   if not first or tonumber(first) <= now then return false end
   local expiry = int(now + lease)
-  conc_each(holder, cost, function(m)
-    local args = { 'XX' }
-    for j = 1, #m do
-      args[#args + 1] = expiry
-      args[#args + 1] = m[j]
-    end
-    redis.call('ZADD', key, unpack(args))
-  end)
+  conc_each(holder, cost, function(m) conc_zadd(key, { 'XX' }, expiry, m) end)
   conc_expire(key, lease)
   return true
 end
