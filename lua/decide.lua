@@ -35,7 +35,7 @@ local time = redis.call('TIME')
 local now = math.max(time[1] * 1000000 + time[2], tonumber(ARGV[1]))
 ttl_slack = 0
 local burst1, unit1, drain1, limit2, period2 = struct.unpack('>ddddd', ARGV[2])
-local out = { now, false, false }
+local out, fi = { now, false, false, 0 }, 4
 local raw = redis.call('MGET', KEYS[1], KEYS[2])
 local l1, t1
 out[2], l1, t1 = level_load(raw[1], burst1, unit1, drain1, now)
@@ -63,11 +63,11 @@ for j = 3, #ARGV do
     end
   end
   bits = bits + 1
-  if bits == 48 then out[#out + 1] = flags; flags, bits = 0, 0 end
+  if bits == 48 then out[fi] = flags; fi = fi + 1; flags, bits = 0, 0 end
 end
 if changed then
   level_save(KEYS[1], l1, t1, burst1, unit1, drain1, now)
   fixed_save(KEYS[2], w2, c2, limit2, period2, now)
 end
-if bits > 0 then out[#out + 1] = flags end
+if bits > 0 then out[fi] = flags end
 return out

@@ -45,6 +45,7 @@ local function idiv(a, b)
 end
 
 local function div_ceil(a, b)
+  if b == 1 then return a end
   local q = idiv(a, b)
   if q * b < a then q = q + 1 end
   return q

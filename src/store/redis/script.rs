@@ -324,7 +324,18 @@ fn body(out: &mut String, algorithms: &[Algorithm], shape: Shape) -> usize {
     let state = |i: usize| vars(families[i].state, i + 1);
     let conc = algorithms.contains(&Algorithm::Concurrency);
     // The reply, its views filled in as they are read.
-    let _ = writeln!(out, "local out = {{ now{} }}", ", false".repeat(n));
+    // Acquire and peek replies end in flags: room for the first is made
+    // with the table (growing it by one entry would rehash it).
+    if matches!(shape.ask, Ask::Acquire | Ask::Peek) {
+        let _ = writeln!(
+            out,
+            "local out, fi = {{ now{}, 0 }}, {}",
+            ", false".repeat(n),
+            n + 2
+        );
+    } else {
+        let _ = writeln!(out, "local out = {{ now{} }}", ", false".repeat(n));
+    }
     let writes = shape.ask == Ask::Acquire;
     let load = |out: &mut String, writes: bool| {
         // The policies whose state is one value: read at once.
@@ -459,7 +470,7 @@ fn body(out: &mut String, algorithms: &[Algorithm], shape: Shape) -> usize {
     }
     let _ = writeln!(
         out,
-        "  end\n  bits = bits + 1\n  if bits == {FLAG_BITS} then out[#out + 1] = flags; flags, bits = 0, 0 end\nend"
+        "  end\n  bits = bits + 1\n  if bits == {FLAG_BITS} then out[fi] = flags; fi = fi + 1; flags, bits = 0, 0 end\nend"
     );
     if writes {
         out.push_str("if changed then\n");
@@ -475,7 +486,7 @@ fn body(out: &mut String, algorithms: &[Algorithm], shape: Shape) -> usize {
         }
         out.push_str("end\n");
     }
-    out.push_str("if bits > 0 then out[#out + 1] = flags end\nreturn out\n");
+    out.push_str("if bits > 0 then out[fi] = flags end\nreturn out\n");
     stride
 }
 
