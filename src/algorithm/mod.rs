@@ -319,7 +319,7 @@ pub(crate) fn decide_tat(p: &Params, tat: u64, now: u64, cost: u64) -> (Decision
     };
     let policy = PolicyDecision {
         policy: p.info,
-        allowed,
+        allowed: u64::from(allowed),
         remaining,
         retry_after: retry,
         reset_after: p.drain_div.div_ceil(after),
@@ -534,7 +534,7 @@ pub(crate) fn assemble(
         };
         PolicyDecision {
             policy: p.info,
-            allowed: allowed || retry_after == 0,
+            allowed: u64::from(allowed || retry_after == 0),
             remaining,
             retry_after,
             // Units in flight come back when released, at no known time.
