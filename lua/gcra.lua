@@ -26,23 +26,13 @@ local function level_earliest(l, t, burst, unit, drain, now, cost)
   -- Nobody goes ahead of a reservation already made.
   local t0 = now
   if t > t0 then t0 = t end
-  -- level_at(l, t, drain, t0), written out: the call costs more than this.
-  local elapsed = t0 - t
-  if elapsed > 0 then
-    if elapsed * drain >= l then l = 0 else l = l - elapsed * drain end
-  end
-  local excess = l + (cost - burst) * unit
+  local excess = level_at(l, t, drain, t0) + (cost - burst) * unit
   if excess <= 0 then return AT, t0 end
   return AT, t0 + div_ceil(excess, drain)
 end
 
 local function level_commit(l, t, burst, unit, drain, at, cost)
-  -- level_at(l, t, drain, at), written out.
-  local elapsed = at - t
-  if elapsed > 0 then
-    if elapsed * drain >= l then l = 0 else l = l - elapsed * drain end
-  end
-  l = l + cost * unit
+  l = level_at(l, t, drain, at) + cost * unit
   if at > t then t = at end
   return l, t
 end

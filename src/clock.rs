@@ -121,8 +121,8 @@ impl Clock for SystemClock {
 /// decisions do not go back; a store of your own on it should do the same.
 ///
 /// ```
+/// use tower_ratelimit::MemoryStore;
 /// use tower_ratelimit::clock::{Clock, SystemClock, TscClock};
-/// use tower_ratelimit::{MemoryStore, Policy, PolicySet, Quota};
 ///
 /// let clock = TscClock::new();
 /// let (before, now, after) = (SystemClock.now_micros(), clock.now_micros(), SystemClock.now_micros());

@@ -136,7 +136,6 @@ impl Local {
 /// A [`Check`] that owns what it refers to: what decides a check again
 /// after its future failed (in the fallback), gives back the lease it may
 /// hold, or renews and releases a held lease.
-#[derive(Clone)]
 pub(crate) struct OwnedCheck {
     key: Key,
     set: PolicySet,
@@ -202,7 +201,7 @@ pin_project! {
         // The check, when it is needed after the call: to decide it again in
         // the fallback, to give its lease back, or to log it.
         check: Option<OwnedCheck>,
-        // When the call began, when decisions are observed.
+        // When the call began, when its answer is reported.
         started: Option<std::time::Instant>,
     }
 
@@ -223,12 +222,19 @@ fn give_back(engine: &Arc<dyn Failover>, check: &mut Option<OwnedCheck>) {
 }
 
 impl<F> DecideFuture<F> {
-    pub(crate) fn new(inner: F, engine: Arc<dyn Failover>, check: Option<OwnedCheck>) -> Self {
+    /// `report`: whether the answer is to be reported (then with the
+    /// call's latency).
+    pub(crate) fn new(
+        inner: F,
+        engine: Arc<dyn Failover>,
+        check: Option<OwnedCheck>,
+        report: bool,
+    ) -> Self {
         Self {
             inner,
             engine,
             check,
-            started: crate::observe::ON.then(std::time::Instant::now),
+            started: report.then(std::time::Instant::now),
         }
     }
 }

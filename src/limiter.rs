@@ -109,12 +109,14 @@ impl<St: Store> Engine<St> {
     pub(crate) fn decide_later(self: &Arc<Self>, check: Check<'_>) -> DecideFuture<St::Future> {
         // Kept to decide again in the fallback, to give back a lease, or to
         // report the decision.
-        let kept = (self.fallback.is_some() || check.lease() != 0 || observe::wanted())
+        let report = observe::wanted();
+        let kept = (self.fallback.is_some() || check.lease() != 0 || report)
             .then(|| OwnedCheck::of(&check));
         DecideFuture::new(
             self.store.decide(check),
             Arc::clone(self) as Arc<dyn Failover>,
             kept,
+            report,
         )
     }
 

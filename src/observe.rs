@@ -30,9 +30,6 @@ use crate::store::Check;
 #[cfg(any(feature = "tracing", feature = "metrics"))]
 use crate::store::Op;
 
-/// Whether decisions are observed at all: only with a feature that does.
-pub(crate) const ON: bool = cfg!(any(feature = "tracing", feature = "metrics"));
-
 /// Whether a decision is to be reported now: always with `metrics`, with
 /// `tracing` only while its debug events are on.
 #[inline]
