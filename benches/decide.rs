@@ -1,4 +1,4 @@
-//! Run with `cargo bench --bench decide --features tsc`.
+//! Run with `cargo bench --bench decide` (feature `tsc`, on by default).
 //!
 //! One in-memory GCRA decision, `MemoryStore::decide_now` against
 //! `governor`'s keyed (DashMap) limiter `check_key`, side by side in one
@@ -12,11 +12,11 @@
 //!   own order; the time is wall time per decision of both together.
 //!
 //! Compare the `ours` and `governor` lines of each group: a ratio, not a
-//! bare time. `ours` is the store on its default clock, `SystemClock` (the
-//! operating system's monotonic clock, which never runs backwards across
-//! cores: governor#299); `ours_tsc_clock` is the same store on `TscClock`
-//! (feature `tsc`), which reads the CPU's time-stamp counter through
-//! `quanta` as `governor` does.
+//! bare time. `ours` is the store on its default clock, `SystemClock`,
+//! which reads the CPU's time-stamp counter through `quanta` as `governor`
+//! does (feature `tsc`), and never runs backwards across cores
+//! (governor#299); `ours_os_clock` is the same store on `OsClock`, which
+//! asks the operating system's monotonic clock on every read.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use governor::{Quota as GovQuota, RateLimiter as GovLimiter};
-use tower_ratelimit::clock::{Clock, TscClock};
+use tower_ratelimit::clock::{Clock, OsClock};
 use tower_ratelimit::key::Key;
 use tower_ratelimit::store::Check;
 use tower_ratelimit::{MemoryStore, Policy, PolicySet, Quota};
@@ -89,13 +89,10 @@ fn hot_key(c: &mut Criterion) {
         g.bench_function("ours", |b| {
             b.iter(|| black_box(ours_decide(&store, black_box(&key), &set)));
         });
-        let tsc = MemoryStore::builder()
-            .clock(TscClock::new())
-            .build()
-            .unwrap();
-        ours_decide(&tsc, &key, &set);
-        g.bench_function("ours_tsc_clock", |b| {
-            b.iter(|| black_box(ours_decide(&tsc, black_box(&key), &set)));
+        let os = MemoryStore::builder().clock(OsClock).build().unwrap();
+        ours_decide(&os, &key, &set);
+        g.bench_function("ours_os_clock", |b| {
+            b.iter(|| black_box(ours_decide(&os, black_box(&key), &set)));
         });
         let gov = GovLimiter::keyed(quota);
         let _ = gov.check_key(&ip(1));
@@ -122,15 +119,12 @@ fn many_keys(c: &mut Criterion) {
             black_box(ours_decide(&store, &ours_keys[i], &set))
         });
     });
-    let tsc = MemoryStore::builder()
-        .clock(TscClock::new())
-        .build()
-        .unwrap();
+    let os = MemoryStore::builder().clock(OsClock).build().unwrap();
     let mut i = 0;
-    g.bench_function("ours_tsc_clock", |b| {
+    g.bench_function("ours_os_clock", |b| {
         b.iter(|| {
             i = if i + 1 == ours_keys.len() { 0 } else { i + 1 };
-            black_box(ours_decide(&tsc, &ours_keys[i], &set))
+            black_box(ours_decide(&os, &ours_keys[i], &set))
         });
     });
     let gov = GovLimiter::keyed(quota);
@@ -164,6 +158,17 @@ fn many_keys(c: &mut Criterion) {
                 let keys = &ours_keys[t];
                 for j in 0..n {
                     black_box(ours_decide(&store, &keys[j as usize % keys.len()], &set));
+                }
+            })
+        });
+    });
+    let os = MemoryStore::builder().clock(OsClock).build().unwrap();
+    g.bench_function("ours_os_clock", |b| {
+        b.iter_custom(|iters| {
+            on_two_threads(iters, |t, n| {
+                let keys = &ours_keys[t];
+                for j in 0..n {
+                    black_box(ours_decide(&os, &keys[j as usize % keys.len()], &set));
                 }
             })
         });

@@ -66,27 +66,79 @@ pub trait Clock: Send + Sync + 'static {
     fn now_micros(&self) -> u64;
 }
 
-/// Microseconds since the Unix epoch that never step back: the wall clock
-/// read once, then advanced by the monotonic clock.
+/// Microseconds since the Unix epoch that never step back, on any core:
+/// the clock a [`MemoryStore`](crate::MemoryStore) reads unless told
+/// otherwise.
 ///
-/// Windows line up with the wall clock (and with Redis's `TIME`) as they
-/// were when the process first read this clock, while an NTP step cannot
-/// move time backwards, which the algorithms would read as a reservation
-/// ahead of every key.
+/// It reads [`OsClock`]'s time. With feature `tsc` (on by default) it
+/// reads it through the CPU's time-stamp counter, with
+/// [`quanta`](https://docs.rs/quanta) as `governor` does, for about a third
+/// of the cost (~8 ns a read here, against ~25):
+/// - the counter is scaled to time by `quanta`'s calibration and set
+///   against [`OsClock`] when first read and once a second after, so it
+///   stays within microseconds of it;
+/// - it never steps back: the counters of two cores may disagree by a
+///   little (governor#299), and a correction may set the time back by a
+///   few microseconds, so the clock keeps the latest time it has given, to
+///   every thread, and gives none earlier; across a step back it stands
+///   still until the counter catches up;
+/// - where the processor has no invariant counter, `quanta` reads the
+///   operating system's monotonic clock instead, and it costs what
+///   [`OsClock`] does.
+///
+/// Without feature `tsc` it is [`OsClock`].
 ///
 /// ```
 /// use std::time::{SystemTime, UNIX_EPOCH};
-/// use tower_ratelimit::clock::{Clock, SystemClock};
+/// use tower_ratelimit::clock::{Clock, OsClock, SystemClock};
 ///
 /// let first = SystemClock.now_micros();
 /// let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
 /// assert!(wall.abs_diff(first) < 60_000_000); // on the wall clock
 /// assert!(SystemClock.now_micros() >= first); // and never back
+/// assert!(OsClock.now_micros().abs_diff(SystemClock.now_micros()) < 1_000); // OsClock's time
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    #[inline]
+    fn now_micros(&self) -> u64 {
+        #[cfg(feature = "tsc")]
+        {
+            tsc::now_micros()
+        }
+        #[cfg(not(feature = "tsc"))]
+        {
+            OsClock.now_micros()
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch that never step back, read from the
+/// operating system on every call: the wall clock read once, then advanced
+/// by the monotonic clock (`std::time::Instant`).
+///
+/// Windows line up with the wall clock (and with Redis's `TIME`) as they
+/// were when the process first read this clock, while an NTP step cannot
+/// move time backwards, which the algorithms would read as a reservation
+/// ahead of every key. [`SystemClock`] reads the same time, more cheaply
+/// with feature `tsc`.
+///
+/// ```
+/// use tower_ratelimit::MemoryStore;
+/// use tower_ratelimit::clock::{Clock, OsClock};
+///
+/// let first = OsClock.now_micros();
+/// assert!(OsClock.now_micros() >= first);
+/// let store = MemoryStore::builder().clock(OsClock).build()?;
+/// # let _ = store;
+/// # Ok::<(), tower_ratelimit::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OsClock;
+
+impl Clock for OsClock {
     #[inline]
     fn now_micros(&self) -> u64 {
         static ANCHOR: OnceLock<(u64, Instant)> = OnceLock::new();
@@ -102,127 +154,102 @@ impl Clock for SystemClock {
     }
 }
 
-/// The system clock read through the CPU's time-stamp counter (feature
-/// `tsc`, with [`quanta`](https://docs.rs/quanta)): the same microseconds
-/// since the Unix epoch as [`SystemClock`], for a third of the cost of a
-/// read here (~8 ns against ~25).
-///
-/// The counter is scaled to nanoseconds by `quanta`'s calibration and set
-/// against [`SystemClock`] when the clock is made and once a second after,
-/// so it never drifts from the system clock by more than the calibration's
-/// error over one second (microseconds). Where the processor has no
-/// invariant counter, `quanta` reads the operating system's monotonic clock
-/// instead, and this clock costs what [`SystemClock`] does.
-///
-/// Unlike [`SystemClock`] it can step back by a few microseconds: the
-/// once-a-second correction may, and so may the counters of two cores that
-/// disagree (governor#299). A [`MemoryStore`](crate::MemoryStore) on it
-/// never decides at an earlier time than one it has decided at, so its
-/// decisions do not go back; a store of your own on it should do the same.
-///
-/// ```
-/// use tower_ratelimit::MemoryStore;
-/// use tower_ratelimit::clock::{Clock, SystemClock, TscClock};
-///
-/// let clock = TscClock::new();
-/// let (before, now, after) = (SystemClock.now_micros(), clock.now_micros(), SystemClock.now_micros());
-/// assert!(before - 1_000 <= now && now <= after + 1_000); // the system's time
-///
-/// let store = MemoryStore::builder().clock(TscClock::new()).build()?;
-/// # let _ = store;
-/// # Ok::<(), tower_ratelimit::ConfigError>(())
-/// ```
+/// [`SystemClock`]'s time through the time-stamp counter.
 #[cfg(feature = "tsc")]
-#[derive(Debug)]
-pub struct TscClock {
-    clock: quanta::Clock,
-    /// The counter's raw reading when the clock was made.
-    base: u64,
-    /// µs: [`SystemClock`]'s time minus the counter's µs since `base`, as
-    /// of the last correction.
-    offset: AtomicU64,
-    /// The counter's µs since `base` at which to correct next.
-    next_sync: AtomicU64,
-}
+mod tsc {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
-/// µs between corrections of a [`TscClock`].
-#[cfg(feature = "tsc")]
-const TSC_SYNC_MICROS: u64 = 1_000_000;
+    use super::{Clock, OsClock};
 
-#[cfg(feature = "tsc")]
-impl TscClock {
-    /// A clock set to the system's time now. Making the first one in a
-    /// process calibrates the counter, which takes a few milliseconds.
-    ///
-    /// ```
-    /// use tower_ratelimit::clock::{Clock, TscClock};
-    ///
-    /// let clock = TscClock::new();
-    /// let a = clock.now_micros();
-    /// assert!(a > 1_600_000_000_000_000); // after September 2020
-    /// ```
-    #[must_use]
-    pub fn new() -> Self {
-        let clock = quanta::Clock::new();
-        let base = clock.raw();
-        let this = Self {
-            clock,
-            base,
-            offset: AtomicU64::new(0),
-            next_sync: AtomicU64::new(0),
-        };
-        this.sync(0);
-        this
+    /// µs between corrections against [`OsClock`].
+    pub(super) const SYNC_MICROS: u64 = 1_000_000;
+
+    /// The process's one counter clock: every thread shares its latest
+    /// time, so none reads an earlier time than another has.
+    pub(super) fn global() -> &'static Tsc {
+        static TSC: OnceLock<Tsc> = OnceLock::new();
+        TSC.get_or_init(Tsc::new)
     }
 
-    /// The counter's µs since `base`.
     #[inline]
-    fn counter_micros(&self) -> u64 {
-        self.clock.delta_as_nanos(self.base, self.clock.raw()) / 1_000
+    pub(super) fn now_micros() -> u64 {
+        global().now_micros()
     }
 
-    /// Sets the clock to [`SystemClock`]'s time as the counter reads
-    /// `since`; returns that time.
-    #[cold]
-    fn sync(&self, since: u64) -> u64 {
-        let now = SystemClock.now_micros();
-        self.offset
-            .store(now.saturating_sub(since), Ordering::Relaxed);
-        self.next_sync
-            .store(since.saturating_add(TSC_SYNC_MICROS), Ordering::Relaxed);
-        now
+    #[derive(Debug)]
+    pub(super) struct Tsc {
+        clock: quanta::Clock,
+        /// The counter's raw reading when the clock was made.
+        base: u64,
+        /// µs: [`OsClock`]'s time minus the counter's µs since `base`, as
+        /// of the last correction.
+        pub(super) offset: AtomicU64,
+        /// The counter's µs since `base` at which to correct next.
+        pub(super) next_sync: AtomicU64,
+        /// The latest time given, on a line of its own: it is written
+        /// about once a microsecond, `offset` and `next_sync` once a
+        /// second.
+        pub(super) last: Padded,
     }
-}
 
-#[cfg(feature = "tsc")]
-impl Default for TscClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+    /// An atomic alone on its cache line.
+    #[derive(Debug)]
+    #[repr(align(128))]
+    pub(super) struct Padded(pub(super) AtomicU64);
 
-#[cfg(feature = "tsc")]
-impl Clone for TscClock {
-    /// A clock on the same counter, corrected on its own.
-    fn clone(&self) -> Self {
-        Self {
-            clock: self.clock.clone(),
-            base: self.base,
-            offset: AtomicU64::new(self.offset.load(Ordering::Relaxed)),
-            next_sync: AtomicU64::new(self.next_sync.load(Ordering::Relaxed)),
+    impl Tsc {
+        /// Calibrating the counter takes a few milliseconds, once.
+        pub(super) fn new() -> Self {
+            let clock = quanta::Clock::new();
+            let base = clock.raw();
+            let tsc = Self {
+                clock,
+                base,
+                offset: AtomicU64::new(0),
+                next_sync: AtomicU64::new(0),
+                last: Padded(AtomicU64::new(0)),
+            };
+            tsc.sync(0);
+            tsc
         }
-    }
-}
 
-#[cfg(feature = "tsc")]
-impl Clock for TscClock {
-    #[inline]
-    fn now_micros(&self) -> u64 {
-        let since = self.counter_micros();
-        if since >= self.next_sync.load(Ordering::Relaxed) {
-            return self.sync(since);
+        /// The counter's µs since `base`.
+        #[inline]
+        pub(super) fn counter_micros(&self) -> u64 {
+            self.clock.delta_as_nanos(self.base, self.clock.raw()) / 1_000
         }
-        self.offset.load(Ordering::Relaxed).saturating_add(since)
+
+        /// Sets the clock to [`OsClock`]'s time as the counter reads
+        /// `since`; returns that time.
+        #[cold]
+        fn sync(&self, since: u64) -> u64 {
+            let now = OsClock.now_micros();
+            self.offset
+                .store(now.saturating_sub(since), Ordering::Relaxed);
+            self.next_sync
+                .store(since.saturating_add(SYNC_MICROS), Ordering::Relaxed);
+            now
+        }
+
+        /// The counter's time, or the latest given if that is later.
+        #[inline]
+        pub(super) fn now_micros(&self) -> u64 {
+            let since = self.counter_micros();
+            let now = if since >= self.next_sync.load(Ordering::Relaxed) {
+                self.sync(since)
+            } else {
+                self.offset.load(Ordering::Relaxed).saturating_add(since)
+            };
+            // A read of `last` sees no older value than any this thread
+            // has seen or that happened before it (coherence); written
+            // only forwards, it gives no time earlier than one given.
+            let last = self.last.0.load(Ordering::Relaxed);
+            if now <= last {
+                return last;
+            }
+            now.max(self.last.0.fetch_max(now, Ordering::Relaxed))
+        }
     }
 }
 
@@ -378,13 +405,14 @@ pub(crate) fn duration_micros(d: Duration) -> u64 {
 
 #[cfg(all(test, feature = "tsc"))]
 mod tsc_tests {
+    use super::tsc::{SYNC_MICROS, Tsc};
     use super::*;
 
-    /// Within a millisecond of the system clock read just before and after.
-    fn close_to_system(clock: &TscClock) {
-        let before = SystemClock.now_micros();
-        let now = clock.now_micros();
-        let after = SystemClock.now_micros();
+    /// Within a millisecond of the OS clock read just before and after.
+    fn close_to_os(now: impl Fn() -> u64) {
+        let before = OsClock.now_micros();
+        let now = now();
+        let after = OsClock.now_micros();
         assert!(
             before - 1_000 <= now && now <= after + 1_000,
             "{before} <= {now} <= {after}, give or take 1 ms"
@@ -392,28 +420,67 @@ mod tsc_tests {
     }
 
     #[test]
-    fn reads_the_system_time() {
-        let clock = TscClock::new();
+    fn reads_the_os_time() {
         for _ in 0..10_000 {
-            close_to_system(&clock);
+            close_to_os(|| SystemClock.now_micros());
         }
-        close_to_system(&clock.clone());
     }
 
     #[test]
-    fn a_correction_sets_it_back_to_the_system_time() {
-        let clock = TscClock::new();
-        // Ten seconds off, as if the counter had drifted that far.
-        clock.offset.fetch_add(10_000_000, Ordering::Relaxed);
-        let off = clock.now_micros();
-        assert!(off > SystemClock.now_micros() + 9_000_000);
+    fn a_correction_brings_a_slow_clock_to_the_os_time() {
+        let tsc = Tsc::new();
+        // Ten seconds behind, as if the counter had run that much slow.
+        tsc.offset.fetch_sub(10_000_000, Ordering::Relaxed);
+        tsc.last.0.store(0, Ordering::Relaxed);
+        let off = tsc.now_micros();
+        assert!(off + 9_000_000 < OsClock.now_micros());
         // The next correction is due within a second of the counter; bring
         // it forward rather than wait.
-        let due = clock.next_sync.swap(0, Ordering::Relaxed);
-        assert!(due <= clock.counter_micros() + TSC_SYNC_MICROS);
-        close_to_system(&clock);
+        let due = tsc.next_sync.swap(0, Ordering::Relaxed);
+        assert!(due <= tsc.counter_micros() + SYNC_MICROS);
+        close_to_os(|| tsc.now_micros());
         // And the one after is a second on.
-        let next = clock.next_sync.load(Ordering::Relaxed);
-        assert!(next >= TSC_SYNC_MICROS && next <= clock.counter_micros() + TSC_SYNC_MICROS);
+        let next = tsc.next_sync.load(Ordering::Relaxed);
+        assert!(next >= SYNC_MICROS && next <= tsc.counter_micros() + SYNC_MICROS);
+    }
+
+    #[test]
+    fn a_correction_back_does_not_step_the_clock_back() {
+        let tsc = Tsc::new();
+        // Half a second ahead, as if the counter had run that much fast.
+        tsc.offset.fetch_add(500_000, Ordering::Relaxed);
+        let ahead = tsc.now_micros();
+        assert!(ahead > OsClock.now_micros() + 400_000);
+        // Corrected now, the counter's time is half a second earlier than
+        // the last given: the clock stands still at that instead.
+        tsc.next_sync.store(0, Ordering::Relaxed);
+        let corrected = tsc.now_micros();
+        assert!(corrected >= ahead, "{corrected} < {ahead}");
+        assert!(tsc.offset.load(Ordering::Relaxed) + tsc.counter_micros() < ahead);
+        // Once the OS's time passes it, the clock moves with it again.
+        while OsClock.now_micros() <= ahead + 1_000 {
+            std::thread::yield_now();
+        }
+        assert!(tsc.now_micros() > ahead);
+        close_to_os(|| tsc.now_micros());
+    }
+
+    #[test]
+    fn never_back_across_threads() {
+        // Each read is taken under a lock holding the latest read by any
+        // thread: whichever thread (core) reads next must not read less.
+        let latest = std::sync::Mutex::new(0_u64);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..50_000 {
+                        let mut seen = latest.lock().unwrap();
+                        let now = SystemClock.now_micros();
+                        assert!(now >= *seen, "{now} < {seen}");
+                        *seen = now;
+                    }
+                });
+            }
+        });
     }
 }

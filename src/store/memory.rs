@@ -462,6 +462,9 @@ impl<C: Clock> MemoryStoreBuilder<C> {
 
 impl<C: Clock> MemoryStore<C> {
     fn with(clock: C, max_keys: usize, shards: usize) -> Self {
+        // A first read sets a clock up (`SystemClock` calibrates the
+        // counter), here rather than in the first request.
+        clock.now_micros();
         Self {
             inner: Arc::new(Inner {
                 clock,
