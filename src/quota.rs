@@ -668,41 +668,52 @@ const STATE_FORMAT: u64 = 2;
 pub(crate) const TAT_LIMIT: u64 = 1 << 62;
 
 /// Division by a number fixed when a policy is checked: a multiplication
-/// and a shift instead of a hardware division, exact for every dividend
-/// below [`TAT_LIMIT`] (the bucket algorithms' numbers stay below 2^54).
+/// and a shift of its high word instead of a hardware division, exact for
+/// every dividend below [`TAT_LIMIT`] (the bucket algorithms' numbers stay
+/// below 2^54).
 ///
 /// With `2^l ≥ d` and `m = ⌈2^(62+l) / d⌉`, `⌊n·m / 2^(62+l)⌋ = ⌊n / d⌋`
 /// for every `n < 2^62`: `m·d = 2^(62+l) + e` with `0 ≤ e < d`, so the
 /// product overshoots `n/d` by `n·e / (d·2^(62+l)) < 1/d`, too little to
-/// reach the next integer.
+/// reach the next integer. Taking `l ≥ 2` makes the shift at least 64, so
+/// it is the high word of the product shifted by `l - 2`; `m` fits 64 bits
+/// for every `d` but 1, which divides by returning the dividend.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Divisor {
     d: u64,
+    /// 0 for `d = 1`.
     m: u64,
+    /// `l - 2`: the shift of the product's high word.
     shift: u32,
 }
 
 impl Divisor {
     pub(crate) fn new(d: u64) -> Self {
         assert!(d > 0, "a divisor is positive");
-        let l = u64::BITS - (d - 1).leading_zeros();
-        let shift = 62 + l;
-        // At most 2^63, since d > 2^(l-1).
-        let m = (1_u128 << shift).div_ceil(u128::from(d));
+        if d == 1 {
+            return Self { d, m: 0, shift: 0 };
+        }
+        let l = (u64::BITS - (d - 1).leading_zeros()).max(2);
+        // Below 2^64: d > 2^(l-1) (so the quotient is below 2^63), or
+        // l = 2 and d is 2 (2^63), 3 or 4.
+        let m = (1_u128 << (62 + l)).div_ceil(u128::from(d));
         Self {
             d,
             m: u64::try_from(m).expect("the multiplier fits 64 bits"),
-            shift,
+            shift: l - 2,
         }
     }
 
     /// `⌊n / d⌋`.
     #[inline]
     pub(crate) fn div(self, n: u64) -> u64 {
+        if self.m == 0 {
+            return n;
+        }
         if n >= TAT_LIMIT {
             return n / self.d;
         }
-        ((u128::from(n) * u128::from(self.m)) >> self.shift) as u64
+        (((u128::from(n) * u128::from(self.m)) >> 64) as u64) >> self.shift
     }
 
     /// `⌈n / d⌉`.

@@ -313,6 +313,10 @@ pub(crate) fn decide_tat(p: &Params, tat: u64, now: u64, cost: u64) -> (Decision
     // One unit more than is left fits once the level drains to make room.
     let refill_after = if remaining >= p.burst {
         NEVER
+    } else if !allowed && remaining + 1 == cost {
+        // A unit more than is left is the request's cost: it fits when
+        // the request would, which `retry` says (the level is unchanged).
+        retry
     } else {
         p.drain_div
             .div_ceil(after + (remaining + 1) * p.unit - p.capacity())
