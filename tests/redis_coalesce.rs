@@ -198,3 +198,155 @@ fn a_queued_request_given_up_on_before_its_call_counts_for_nothing() {
         assert_eq!(c.remaining(), 1, "the dropped request spent nothing");
     });
 }
+
+/// Bursts of requests over a few keys, each burst at its own time.
+fn bursts_over_keys() -> impl Strategy<Value = Vec<(u64, Vec<(usize, Ask)>)>> {
+    let ask = (
+        0..12_usize,
+        prop_oneof![4 => Just(1_u64), 1 => 0..6_u64],
+        prop::bool::weighted(0.2),
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(|(key, cost, wait, peek)| (key, Ask { cost, wait, peek }));
+    prop::collection::vec(
+        (
+            prop_oneof![Just(0_u64), 0..400_000_u64, 0..3_000_000_u64],
+            prop::collection::vec(ask, 1..40),
+        ),
+        1..6,
+    )
+}
+
+/// With one call in flight, the requests for other keys that arrive
+/// meanwhile go in one call for all their keys (and those for one key
+/// queue behind its lane): every answer is the one-by-one answer, in fewer
+/// calls than coalescing alone makes.
+#[test]
+fn many_keys_decided_in_one_call_answer_exactly_as_one_by_one() {
+    let servers = [
+        RedisServer::start(),
+        RedisServer::start(),
+        RedisServer::start(),
+    ];
+    let rt = runtime();
+    let [batching, lanes_only, one_by_one] = rt.block_on(async {
+        let store = |url: String, calls: usize, coalesce: bool| async move {
+            let builder = RedisStore::builder()
+                .timeout(Duration::from_secs(5))
+                .calls_in_flight(calls)
+                .coalesce(coalesce);
+            let builder = if coalesce {
+                builder
+            } else {
+                builder.denied_cache(0, Duration::ZERO)
+            };
+            builder.connect(&url).await.unwrap()
+        };
+        [
+            store(servers[0].url(), 1, true).await,
+            store(servers[1].url(), 0, true).await,
+            store(servers[2].url(), 0, false).await,
+        ]
+    });
+    let config = ProptestConfig {
+        cases: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let requests = AtomicU64::new(0);
+    proptest!(config, |(set in policies(), bursts in bursts_over_keys())| {
+        let keys: Vec<Key> = (0..12).map(|_| fresh_key("many")).collect();
+        let mut at = START;
+        let mut lease = 0;
+        for (advance, asks) in &bursts {
+            at += advance;
+            let checks: Vec<Check<'_>> = asks
+                .iter()
+                .map(|(k, a)| {
+                    lease += 1;
+                    check(&keys[*k], &set, a, at, lease)
+                })
+                .collect();
+            requests.fetch_add(checks.len() as u64, Ordering::Relaxed);
+            let joined = rt.block_on(futures_join(checks.iter().map(|c| batching.decide(*c)).collect()));
+            let in_lanes = rt.block_on(futures_join(checks.iter().map(|c| lanes_only.decide(*c)).collect()));
+            for (i, ((c, got), lane)) in checks.iter().zip(joined).zip(in_lanes).enumerate() {
+                let alone = rt.block_on(one_by_one.decide(*c)).unwrap();
+                prop_assert_eq!(lane.unwrap(), alone.clone(), "coalesced: request {} of {:?}", i, asks);
+                prop_assert_eq!(got.unwrap(), alone, "in calls for many keys: request {} of {:?}", i, asks);
+            }
+        }
+    });
+    let [many, lanes, alone] = [0, 1, 2].map(|i| fcall_calls(&servers[i]));
+    let asked = requests.into_inner();
+    eprintln!(
+        "{asked} requests: {many} calls for many keys, {lanes} coalesced, {alone} one by one"
+    );
+    assert!(
+        many * 4 < lanes * 3,
+        "{many} calls, against {lanes} coalescing alone"
+    );
+}
+
+#[test]
+fn a_request_given_up_on_while_waiting_for_a_call_counts_for_nothing() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let redis = RedisStore::builder()
+            .timeout(Duration::from_secs(5))
+            .calls_in_flight(1)
+            .connect(&server.url())
+            .await
+            .unwrap();
+        let set = PolicySet::new(vec![Policy::new("p", Quota::per_hour(3))]).unwrap();
+        let (a, b, c) = (fresh_key("a"), fresh_key("b"), fresh_key("c"));
+        let first = redis.decide(Check::new(&a, &set, 1));
+        let dropped = redis.decide(Check::new(&b, &set, 1));
+        let third = redis.decide(Check::new(&c, &set, 1));
+        drop(dropped);
+        let (first, third) = (first.await.unwrap(), third.await.unwrap());
+        assert!(first.is_allowed() && third.is_allowed());
+        let after = redis.decide(Check::new(&b, &set, 1)).await.unwrap();
+        assert_eq!(after.remaining(), 2, "the dropped request spent nothing");
+    });
+}
+
+#[test]
+fn requests_waiting_for_a_call_are_answered_when_redis_does_not_answer() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let redis = RedisStore::builder()
+            .timeout(Duration::from_millis(200))
+            .calls_in_flight(1)
+            .connect(&server.url())
+            .await
+            .unwrap();
+        let set = PolicySet::new(vec![Policy::new("p", Quota::per_hour(3))]).unwrap();
+        // Functions loaded and the time known before Redis stops.
+        redis
+            .decide(Check::new(&fresh_key("warm"), &set, 1))
+            .await
+            .unwrap();
+        let keys: Vec<Key> = (0..8).map(|_| fresh_key("stopped")).collect();
+        let stopped = server.stop();
+        let started = std::time::Instant::now();
+        let answers = futures_join(
+            keys.iter()
+                .map(|k| redis.decide(Check::new(k, &set, 1)))
+                .collect(),
+        )
+        .await;
+        drop(stopped);
+        for a in &answers {
+            assert!(a.is_err(), "{a:?}");
+        }
+        // Each waited at most for the call ahead and its own.
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+    });
+}

@@ -2,6 +2,7 @@
 //! Redis, Redis Cluster or a Redis watched by Sentinel.
 
 mod breaker;
+mod bus;
 mod coalesce;
 mod connect;
 mod denied;
@@ -31,6 +32,7 @@ pub use self::connect::{ConnectError, ConnectErrorKind, MIN_REDIS_VERSION};
 pub use self::sentinel::SentinelConnection;
 
 use self::breaker::Admit;
+use self::bus::{Bus, Entered};
 use self::coalesce::{Batch, Joined, Lanes};
 use self::connect::{Access, Mode, Secret};
 use self::denied::{Denied, Read};
@@ -57,6 +59,7 @@ const UNKNOWN: u8 = 0;
 const FUNCTIONS: u8 = 1;
 const SCRIPTS: u8 = 2;
 const DEFAULT_DENIED_AGE: Duration = Duration::from_secs(1);
+const DEFAULT_CALLS_IN_FLIGHT: usize = 2;
 
 /// A connection [`RedisStore`] sends its scripts over. All are multiplexed
 /// and cheap to clone.
@@ -266,6 +269,9 @@ struct Inner {
     denied: Denied,
     coalesce: bool,
     lanes: Lanes,
+    /// Calls in flight, and the requests for other keys that wait to go
+    /// together in the next.
+    bus: Bus,
     /// Hashes string keys; `None` leaves them readable.
     key_hash: Option<KeyHash>,
     /// The Redis time this store has seen, which its decisions never go
@@ -340,6 +346,7 @@ pub struct RedisStoreBuilder {
     denied_keys: usize,
     denied_age: Duration,
     coalesce: bool,
+    calls_in_flight: usize,
     hash_keys: bool,
     key_secret: Option<Secret<Vec<u8>>>,
     access: Access,
@@ -372,6 +379,7 @@ impl RedisStore {
             denied_keys: DEFAULT_DENIED_KEYS,
             denied_age: DEFAULT_DENIED_AGE,
             coalesce: true,
+            calls_in_flight: DEFAULT_CALLS_IN_FLIGHT,
             hash_keys: true,
             key_secret: None,
             access: Access {
@@ -395,6 +403,7 @@ impl RedisStore {
                 ask: Ask::Acquire,
                 wait: false,
                 given_time: false,
+                many_keys: false,
             },
         )
         .text
@@ -678,6 +687,34 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// The most calls this store has in flight at once, **2 by default**;
+    /// 0 for no bound. Decisions for other keys that arrive while that
+    /// many are in flight wait, then go to Redis together in one call (at
+    /// most 64 keys), whose script decides each key's requests in turn, as
+    /// a call for that key alone would: the same answers, at one Redis
+    /// `TIME`. Under load Redis then runs a few calls that decide many
+    /// keys each, not one call per key, and serves more decisions a
+    /// second for less of its time each.
+    ///
+    /// Like [`coalesce`](Self::coalesce), which it rides on (off with it),
+    /// it takes only acquires and peeks, and a waiting request whose
+    /// caller goes away before its call is sent counts for nothing. A
+    /// waiting request has twice the [deadline](Self::timeout), for the
+    /// call ahead and its own. On a Redis Cluster, whose keys live on
+    /// different masters, every key has its own call.
+    ///
+    /// ```
+    /// use tower_ratelimit::store::RedisStore;
+    ///
+    /// let more_at_once = RedisStore::builder().calls_in_flight(16);
+    /// let one_call_per_key = RedisStore::builder().calls_in_flight(0);
+    /// # let _ = (more_at_once, one_call_per_key);
+    /// ```
+    pub fn calls_in_flight(mut self, calls: usize) -> Self {
+        self.calls_in_flight = calls;
+        self
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.prefix.contains(['{', '}']) {
             return Err(ConfigError::new(
@@ -731,6 +768,12 @@ impl RedisStoreBuilder {
                 denied: Denied::new(self.denied_keys, self.denied_age),
                 coalesce: self.coalesce,
                 lanes: Lanes::default(),
+                // Keys in one call share one Redis: not on a Cluster.
+                bus: Bus::new(if per_node || !self.coalesce {
+                    0
+                } else {
+                    self.calls_in_flight
+                }),
                 timeline: Timeline::new(),
                 key_hash,
             }),
@@ -985,18 +1028,7 @@ impl Store for RedisStore {
                 Joined::Local(d) => return Box::pin(std::future::ready(Ok(d))),
                 Joined::Wait(answer) => {
                     // Behind a call in flight, then in one of its own.
-                    let deadline = 2 * self.inner.timeout;
-                    return Box::pin(async move {
-                        match tokio::time::timeout(deadline, answer).await {
-                            Ok(Ok(result)) => result,
-                            Ok(Err(_)) => Err(StoreError::new(
-                                StoreErrorKind::Unavailable,
-                                "the call this request waited for was dropped",
-                                None,
-                            )),
-                            Err(_) => Err(timed_out(deadline)),
-                        }
-                    });
+                    return Box::pin(waited(answer, 2 * self.inner.timeout));
                 }
                 Joined::Lead(lead) => Some(lead),
                 Joined::Alone => None,
@@ -1013,13 +1045,37 @@ impl Store for RedisStore {
         if call.op == Op::Reset {
             self.inner.denied.forget(key);
         }
+        let permit = match &lead {
+            Some(_) if self.inner.bus.bounded() => {
+                match self
+                    .inner
+                    .bus
+                    .enter(&self.inner, &self.conn, key, &call, || vec![request])
+                {
+                    Entered::Go(permit) => Some(permit),
+                    Entered::Wait(answers) => {
+                        // Behind the calls in flight, then in one with
+                        // other keys.
+                        let deadline = 2 * self.inner.timeout;
+                        return Box::pin(async move {
+                            let result = waited(answers, deadline).await;
+                            drop(lead);
+                            result.map(|mut decisions| decisions.swap_remove(0))
+                        });
+                    }
+                }
+            }
+            _ => None,
+        };
         let key = key.clone();
         let inner = Arc::clone(&self.inner);
         let mut conn = self.conn.clone();
         Box::pin(async move {
             let batch = Batch::one(call, request);
             let result = inner.decide_batch(&mut conn, &key, &batch).await;
-            // Hands the lane on to whatever waits behind this call.
+            // Hands the store's place in flight on to whatever waits for
+            // one, and the lane to whatever waits behind this call.
+            drop(permit);
             drop(lead);
             result.map(|mut decisions| decisions.swap_remove(0))
         })
@@ -1032,6 +1088,22 @@ impl Store for RedisStore {
             return None;
         }
         self.inner.denied.answer(&check).map(Ok)
+    }
+}
+
+/// The answer requests waiting for another's call get, within `deadline`.
+async fn waited<T>(
+    answer: tokio::sync::oneshot::Receiver<Result<T, StoreError>>,
+    deadline: Duration,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(deadline, answer).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(StoreError::new(
+            StoreErrorKind::Unavailable,
+            "the call this request waited for was dropped",
+            None,
+        )),
+        Err(_) => Err(timed_out(deadline)),
     }
 }
 
@@ -1064,6 +1136,92 @@ impl Inner {
         let mut tag = Vec::with_capacity(48);
         keys::write_tag(&mut tag, self.key_hash.as_ref(), key);
         let slot = self.breakers.per_node().then(|| nodes::slot(&tag));
+        let script = self.scripts.get(&call.set, call.shape());
+        let floor = self.timeline.floor();
+        let cmd = command(&self.prefix, &script, &tag, call, &batch.requests, floor);
+        let replies = if call.op == Op::Reset {
+            0
+        } else {
+            batch.requests.len()
+        };
+        let (value, sent) = self.guarded(conn, slot, &script, &cmd).await?;
+        let reply = reply::parse(&call.set, value, replies)?;
+        let read_at = reply.now;
+        self.timeline.saw(read_at);
+        let (decisions, states) = answer(call, &batch.requests, reply)?;
+        if let Some(last) = decisions.last() {
+            self.settled(key, call, &states, read_at, sent, last);
+        }
+        Ok(decisions)
+    }
+
+    /// Decides the requests of each of `keys`, distinct keys under
+    /// `call`'s policy set, in one call: each key's as a call for it alone
+    /// would, at one Redis time. Only where one Redis serves every key
+    /// (not a Cluster).
+    async fn decide_keys(
+        &self,
+        conn: &mut RedisConnection,
+        call: &Call,
+        keys: &[(&Key, &[Request])],
+    ) -> Result<Vec<Vec<Decision>>, StoreError> {
+        if let [(key, requests)] = keys {
+            let batch = Batch::of(call.clone(), requests.to_vec());
+            return Ok(vec![self.decide_batch(conn, key, &batch).await?]);
+        }
+        let script = self.scripts.get(
+            &call.set,
+            Shape {
+                many_keys: true,
+                ..call.shape()
+            },
+        );
+        let floor = self.timeline.floor();
+        let cmd = command_many(
+            &self.prefix,
+            self.key_hash.as_ref(),
+            &script,
+            call,
+            keys,
+            floor,
+        );
+        let (value, sent) = self.guarded(conn, None, &script, &cmd).await?;
+        let Value::Array(replies) = value else {
+            return Err(protocol(format!(
+                "the rate limit script replied {value:?}, not an array of replies"
+            )));
+        };
+        if replies.len() != keys.len() {
+            return Err(protocol(format!(
+                "the rate limit script replied for {} keys, not {}",
+                replies.len(),
+                keys.len()
+            )));
+        }
+        let mut decisions = Vec::with_capacity(keys.len());
+        for ((key, requests), value) in keys.iter().zip(replies) {
+            let reply = reply::parse(&call.set, value, requests.len())?;
+            let read_at = reply.now;
+            self.timeline.saw(read_at);
+            let (mine, states) = answer(call, requests, reply)?;
+            if let Some(last) = mine.last() {
+                self.settled(key, call, &states, read_at, sent, last);
+            }
+            decisions.push(mine);
+        }
+        Ok(decisions)
+    }
+
+    /// Sends `cmd` (a call of `script`) unless the breaker of the Redis
+    /// serving `slot` is open, and records how it went; the reply and when
+    /// it was sent.
+    async fn guarded(
+        &self,
+        conn: &mut RedisConnection,
+        slot: Option<u16>,
+        script: &Script,
+        cmd: &Cmd,
+    ) -> Result<(Value, Instant), StoreError> {
         #[cfg(feature = "redis-cluster")]
         if let RedisConnection::Cluster(c) = conn
             && nodes::cluster::unknown(self)
@@ -1076,16 +1234,8 @@ impl Inner {
             Admit::Go => None,
             Admit::Probe(p) => Some(p),
         };
-        let script = self.scripts.get(&call.set, call.shape());
-        let floor = self.timeline.floor();
-        let cmd = command(&self.prefix, &script, &tag, call, &batch.requests, floor);
         let sent = Instant::now();
-        let replies = if call.op == Op::Reset {
-            0
-        } else {
-            batch.requests.len()
-        };
-        let result = send(self, conn, &script, &cmd, &call.set, replies).await;
+        let result = send(self, conn, script, cmd).await;
         // Only availability failures count; a data error is an answer.
         let answered = !matches!(&result, Err(e) if is_availability(e));
         match (probe, &result) {
@@ -1100,14 +1250,7 @@ impl Inner {
             // The master may be failing over: learn its successor.
             nodes::cluster::refresh(self, c);
         }
-        let reply = result?;
-        let read_at = reply.now;
-        self.timeline.saw(read_at);
-        let (decisions, states) = answer(call, &batch.requests, reply)?;
-        if let Some(last) = decisions.last() {
-            self.settled(key, call, &states, read_at, sent, last);
-        }
-        Ok(decisions)
+        Ok((result?, sent))
     }
 }
 
@@ -1188,6 +1331,13 @@ impl Call {
         }
     }
 
+    /// Whether a call for `other` may decide this call's requests too:
+    /// the same policy set, op, mode and given time.
+    fn alike(&self, other: &Call) -> bool {
+        (self.op, self.wait, self.at) == (other.op, other.wait, other.at)
+            && self.set.same_as(&other.set)
+    }
+
     fn shape(&self) -> Shape {
         Shape {
             ask: match self.op {
@@ -1199,6 +1349,7 @@ impl Call {
             },
             wait: self.wait,
             given_time: self.at.is_some(),
+            many_keys: false,
         }
     }
 }
@@ -1254,19 +1405,7 @@ fn command(
     if call.op == Op::Reset {
         return cmd;
     }
-    // At most 4 numbers of 8 bytes per policy: on the stack.
-    let mut params = [0_u8; 32 * PolicySet::MAX_POLICIES];
-    let mut len = 0;
-    for p in set.params() {
-        let (values, n) = script::param_values(p);
-        for v in &values[..n] {
-            // Exact: every parameter is an integer below 2^53.
-            #[allow(clippy::cast_precision_loss)]
-            params[len..len + 8].copy_from_slice(&(*v as f64).to_be_bytes());
-            len += 8;
-        }
-    }
-    cmd.arg(&params[..len]);
+    cmd.arg(packed_params(set).as_slice());
     let leased = set.has_concurrency();
     match call.op {
         Op::Release | Op::Renew => {
@@ -1288,6 +1427,89 @@ fn command(
     cmd
 }
 
+/// `FCALL` of `script`'s function (its shape for several keys) with every
+/// key's keys under `call`'s policies, then the arguments
+/// `script::body` describes for several keys.
+fn command_many(
+    prefix: &str,
+    hash: Option<&KeyHash>,
+    script: &Script,
+    call: &Call,
+    keys: &[(&Key, &[Request])],
+    floor: u64,
+) -> Cmd {
+    let set = &call.set;
+    let requests: usize = keys.iter().map(|(_, r)| r.len()).sum();
+    let mut cmd = Cmd::with_capacity(
+        6 + keys.len() * (set.len() + 1) + requests * script.stride,
+        64 + keys.len() * set.len() * (prefix.len() + 96) + requests * 24,
+    );
+    cmd.arg("FCALL")
+        .arg(&script.function)
+        .arg(keys.len() * set.len());
+    let mut name = Vec::with_capacity(prefix.len() + 160);
+    for (key, _) in keys {
+        name.clear();
+        name.extend_from_slice(prefix.as_bytes());
+        name.push(b'{');
+        keys::write_tag(&mut name, hash, key);
+        name.extend_from_slice(b"}:");
+        let stem = name.len();
+        for (p, params) in set.policies().iter().zip(set.params()) {
+            name.truncate(stem);
+            write_policy(&mut name, p, params);
+            cmd.arg(name.as_slice());
+        }
+    }
+    cmd.arg(call.at.unwrap_or(floor));
+    cmd.arg(packed_params(set).as_slice());
+    cmd.arg(keys.len());
+    let leased = set.has_concurrency();
+    for (_, requests) in keys {
+        cmd.arg(requests.len());
+        for r in *requests {
+            cmd.arg(r.cost);
+            if call.wait {
+                cmd.arg(r.max_wait.map_or(0, duration_micros));
+            }
+            if leased {
+                cmd.arg(r.lease);
+            }
+        }
+    }
+    cmd
+}
+
+/// Every policy's parameters, packed as `lua/decide.lua` reads them.
+fn packed_params(set: &PolicySet) -> ParamBytes {
+    // At most 4 numbers of 8 bytes per policy: on the stack.
+    let mut out = ParamBytes {
+        bytes: [0_u8; 32 * PolicySet::MAX_POLICIES],
+        len: 0,
+    };
+    for p in set.params() {
+        let (values, n) = script::param_values(p);
+        for v in &values[..n] {
+            // Exact: every parameter is an integer below 2^53.
+            #[allow(clippy::cast_precision_loss)]
+            out.bytes[out.len..out.len + 8].copy_from_slice(&(*v as f64).to_be_bytes());
+            out.len += 8;
+        }
+    }
+    out
+}
+
+struct ParamBytes {
+    bytes: [u8; 32 * PolicySet::MAX_POLICIES],
+    len: usize,
+}
+
+impl ParamBytes {
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 /// Calls `script`'s function with `cmd`'s arguments (an `FCALL`): loads
 /// its library first if Redis does not have it, and falls back to
 /// `EVALSHA` (then `EVAL` on `NOSCRIPT`) on a Redis without functions;
@@ -1299,9 +1521,7 @@ async fn send(
     conn: &mut RedisConnection,
     script: &Script,
     cmd: &Cmd,
-    set: &PolicySet,
-    requests: usize,
-) -> Result<Reply, StoreError> {
+) -> Result<Value, StoreError> {
     let call = async {
         if inner.functions.load(Ordering::Relaxed) == UNKNOWN {
             // A function nobody defines: Redis 7 says it is not found;
@@ -1375,7 +1595,7 @@ async fn send(
         }
     };
     match tokio::time::timeout(inner.timeout, call).await {
-        Ok(Ok(value)) => reply::parse(set, value, requests),
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(store_error(e)),
         Err(_) => Err(timed_out(inner.timeout)),
     }

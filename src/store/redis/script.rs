@@ -40,6 +40,9 @@ pub(crate) struct Shape {
     pub(crate) wait: bool,
     /// The time is the first argument rather than the server's `TIME`.
     pub(crate) given_time: bool,
+    /// Several keys, each with its requests, in one call (acquire and peek
+    /// only): the body for one key runs for each in turn, at one time.
+    pub(crate) many_keys: bool,
 }
 
 /// A generated script, as a script and as a function library.
@@ -270,8 +273,24 @@ fn vars(names: &[&str], i: usize) -> String {
 pub(crate) const FLAG_BITS: usize = 48;
 
 /// Writes the body; returns the arguments per request.
+///
+/// For several keys (`shape.many_keys`, acquire and peek only), the body
+/// for one key runs for each key in turn, at the one time read first.
+/// `KEYS`: every key's policies' keys, key after key. `ARGV`: the time (or
+/// the floor), the parameters, the number of keys, then per key the number
+/// of its requests and their arguments, as for one key. The reply is one
+/// reply per key, each what the body for one key returns.
 fn body(out: &mut String, algorithms: &[Algorithm], shape: Shape) -> usize {
     let n = algorithms.len();
+    let many = shape.many_keys && matches!(shape.ask, Ask::Acquire | Ask::Peek);
+    // Policy `i`'s key (1-based), in its key's run of `KEYS`.
+    let key = |i: usize| {
+        if many {
+            format!("KEYS[base + {i}]")
+        } else {
+            format!("KEYS[{i}]")
+        }
+    };
     let families: Vec<&Family> = algorithms.iter().map(|&a| family(a)).collect();
     // ARGV[1]: the time given, or the caller's floor under the server's.
     let mut arg = 2;
@@ -324,6 +343,17 @@ fn body(out: &mut String, algorithms: &[Algorithm], shape: Shape) -> usize {
     let state = |i: usize| vars(families[i].state, i + 1);
     let conc = algorithms.contains(&Algorithm::Concurrency);
     // The reply, its views filled in as they are read.
+    let stride = 1 + usize::from(shape.wait) + usize::from(conc);
+    if many {
+        let _ = writeln!(
+            out,
+            "-- Each key in turn: its policies' keys from KEYS[base + 1], its number\n\
+             -- of requests at ARGV[pos] and their arguments after it.\n\
+             local replies, pos = {{}}, 4\n\
+             for g = 1, tonumber(ARGV[3]) do\n\
+             local base, requests = (g - 1) * {n}, tonumber(ARGV[pos])"
+        );
+    }
     // Acquire and peek replies end in flags: room for the first is made
     // with the table (growing it by one entry would rehash it).
     if matches!(shape.ask, Ask::Acquire | Ask::Peek) {
@@ -341,14 +371,14 @@ fn body(out: &mut String, algorithms: &[Algorithm], shape: Shape) -> usize {
         // The policies whose state is one value: read at once.
         let values: Vec<usize> = (0..n).filter(|&i| families[i].value).collect();
         if values.len() > 1 {
-            let keys: Vec<String> = values.iter().map(|i| format!("KEYS[{}]", i + 1)).collect();
+            let keys: Vec<String> = values.iter().map(|&i| key(i + 1)).collect();
             let _ = writeln!(out, "local raw = redis.call('MGET', {})", keys.join(", "));
         }
         for (i, f) in families.iter().enumerate() {
             let source = match values.iter().position(|&v| v == i) {
                 Some(k) if values.len() > 1 => format!("raw[{}]", k + 1),
-                Some(_) => format!("redis.call('GET', KEYS[{}])", i + 1),
-                None => format!("KEYS[{}]", i + 1),
+                Some(_) => format!("redis.call('GET', {})", key(i + 1)),
+                None => key(i + 1),
             };
             let extra = if f.value {
                 String::new()
@@ -395,16 +425,22 @@ fn body(out: &mut String, algorithms: &[Algorithm], shape: Shape) -> usize {
         Ask::Reset => unreachable!("written above"),
     }
     load(out, writes);
-    let stride = 1 + usize::from(shape.wait) + usize::from(conc);
     let step = if stride == 1 {
         String::new()
     } else {
         format!(", {stride}")
     };
-    let _ = writeln!(
-        out,
-        "local flags, bits, changed = 0, 0, false\nfor j = {arg}, #ARGV{step} do"
-    );
+    if many {
+        let _ = writeln!(
+            out,
+            "local flags, bits, changed = 0, 0, false\nfor j = pos + 1, pos + requests * {stride}, {stride} do"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "local flags, bits, changed = 0, 0, false\nfor j = {arg}, #ARGV{step} do"
+        );
+    }
     out.push_str("  local cost = tonumber(ARGV[j])\n");
     if shape.wait {
         out.push_str("  local max_wait = tonumber(ARGV[j + 1])\n");
@@ -477,16 +513,24 @@ fn body(out: &mut String, algorithms: &[Algorithm], shape: Shape) -> usize {
         for (i, f) in families.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "  {name}_save(KEYS[{key}], {s}, {p}, now)",
+                "  {name}_save({key}, {s}, {p}, now)",
                 name = f.name,
-                key = i + 1,
+                key = key(i + 1),
                 s = state(i),
                 p = params(i),
             );
         }
         out.push_str("end\n");
     }
-    out.push_str("if bits > 0 then out[fi] = flags end\nreturn out\n");
+    out.push_str("if bits > 0 then out[fi] = flags end\n");
+    if many {
+        let _ = write!(
+            out,
+            "replies[g] = out\npos = pos + requests * {stride} + 1\nend\nreturn replies\n"
+        );
+    } else {
+        out.push_str("return out\n");
+    }
     stride
 }
 
@@ -509,7 +553,10 @@ impl Scripts {
             heap.resize(len, 0);
             &mut heap
         };
-        key[0] = shape.ask as u8 | u8::from(shape.wait) << 4 | u8::from(shape.given_time) << 5;
+        key[0] = shape.ask as u8
+            | u8::from(shape.wait) << 4
+            | u8::from(shape.given_time) << 5
+            | u8::from(shape.many_keys) << 6;
         for (k, p) in key[1..].iter_mut().zip(set.params()) {
             *k = p.algorithm as u8;
         }
@@ -544,6 +591,7 @@ mod tests {
             ask: Ask::Acquire,
             wait: false,
             given_time: false,
+            many_keys: false,
         };
         let mut body_text = String::new();
         body(
@@ -566,6 +614,7 @@ mod tests {
             ask: Ask::Acquire,
             wait: false,
             given_time: false,
+            many_keys: false,
         };
         let gcra = generate_for(&[Algorithm::Gcra], shape);
         assert!(gcra.text.contains("local function level_earliest"));
