@@ -350,3 +350,60 @@ fn requests_waiting_for_a_call_are_answered_when_redis_does_not_answer() {
         );
     });
 }
+
+/// Requests that no call takes within the deadline (each policy set goes
+/// in its own call, one at a time, while Redis does not answer) are
+/// answered that they timed out, and count for nothing.
+#[test]
+fn requests_no_call_takes_within_the_deadline_time_out_uncounted() {
+    const LIMIT: u64 = 10;
+    let server = RedisServer::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let deadline = Duration::from_millis(100);
+        let redis = RedisStore::builder()
+            .timeout(deadline)
+            .calls_in_flight(1)
+            .connect(&server.url())
+            .await
+            .unwrap();
+        let sets: Vec<PolicySet> = (0..8)
+            .map(|i| {
+                PolicySet::new(vec![Policy::new(format!("p{i}"), Quota::per_hour(LIMIT))]).unwrap()
+            })
+            .collect();
+        redis
+            .decide(Check::new(&fresh_key("warm"), &sets[0], 1))
+            .await
+            .unwrap();
+        let keys: Vec<Key> = (0..8).map(|_| fresh_key("shed")).collect();
+        let stopped = server.stop();
+        let started = std::time::Instant::now();
+        let answers = futures_join(
+            keys.iter()
+                .zip(&sets)
+                .map(|(k, s)| redis.decide(Check::new(k, s, 1)))
+                .collect(),
+        )
+        .await;
+        let took = started.elapsed();
+        drop(stopped);
+        assert!(answers.iter().all(Result::is_err), "{answers:?}");
+        // The first call's deadline, then at most one more call's.
+        assert!(took < 2 * deadline + Duration::from_millis(150), "{took:?}");
+        // The calls sent ran once Redis went on; the others never did.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut charged = 0;
+        for (k, s) in keys.iter().zip(&sets) {
+            let peek = redis
+                .decide(Check::new(k, s, 1).with_op(Op::Peek))
+                .await
+                .unwrap();
+            charged += LIMIT - peek.remaining();
+        }
+        assert!(
+            (1..=2).contains(&charged),
+            "{charged} of 8 requests charged"
+        );
+    });
+}

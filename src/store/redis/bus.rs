@@ -1,21 +1,27 @@
-//! Calls for several keys in one: a store keeps at most a few calls in
-//! flight, and the decisions for other keys that arrive meanwhile wait,
-//! then go to Redis together in one call whose script decides each key's
-//! requests in turn, at one Redis `TIME`.
+//! Calls for several keys in one: a store keeps at most a few calls of
+//! requests that lead their key in flight, and the requests for other keys
+//! that arrive meanwhile wait, then go to Redis together in one call whose
+//! script decides each key's requests in turn, at one Redis `TIME`.
 //!
-//! Keys in one call are distinct: a request waits here only as the lead of
-//! its key's lane (see [`coalesce`](super::coalesce)), and a lane has one
-//! lead. Each key's requests are decided by the body a call for that key
-//! alone would run, so each gets the answer it would have had alone, at
-//! the call's time. Only acquires and peeks of one policy set, one op,
-//! mode and given time go together; a waiting request dropped before its
-//! call is sent is left out and counts for nothing.
+//! A request waits here only as the lead of its key's lane (see
+//! [`coalesce`](super::coalesce)), and it keeps the lane until its call is
+//! answered: keys in one call are distinct, and a key never has two calls
+//! in flight. Each key is decided by the body a call for that key alone
+//! would run, so each request gets the answer it would have had alone, at
+//! the call's time. Only acquires and peeks of one policy set, op, mode and
+//! given time go together.
+//!
+//! A waiting request whose caller goes away is left out and counts for
+//! nothing; one that a call has not taken within the store's deadline is
+//! answered that it timed out, and counts for nothing either.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::coalesce::{Answer, Lead};
 use super::{Call, Inner, RedisConnection, Request};
 use crate::decision::Decision;
 use crate::error::StoreError;
@@ -23,13 +29,6 @@ use crate::key::Key;
 
 /// The most keys one call decides.
 pub(crate) const MAX_KEYS: usize = 64;
-
-/// The most requests of several keys one call decides (a key's own call
-/// decides up to [`MAX_BATCH`](super::coalesce::MAX_BATCH)).
-const MAX_REQUESTS: usize = 512;
-
-/// The answers a waiting key's requests get.
-pub(crate) type Answers = oneshot::Receiver<Result<Vec<Decision>, StoreError>>;
 
 /// A store's calls in flight, and the requests waiting for one to end.
 pub(crate) struct Bus {
@@ -44,20 +43,15 @@ struct State {
     waiting: VecDeque<Waiter>,
 }
 
-/// A key's requests waiting for a call.
+/// A key's lead request waiting for a call, with its key's lane.
 struct Waiter {
     key: Key,
     call: Call,
-    requests: Vec<Request>,
-    tx: oneshot::Sender<Result<Vec<Decision>, StoreError>>,
-}
-
-/// What a request does on arrival.
-pub(crate) enum Entered {
-    /// It sends its own call, and hands on what waits when done.
-    Go(Permit),
-    /// It waits for a call that takes it along.
-    Wait(Answers),
+    request: Request,
+    since: Instant,
+    tx: oneshot::Sender<Result<Decision, StoreError>>,
+    /// Handed on once the request is answered (or left out).
+    lead: Lead,
 }
 
 impl Bus {
@@ -77,64 +71,86 @@ impl Bus {
         self.max > 0
     }
 
-    /// Enters `key`'s requests: a call of their own when fewer than the
-    /// most are in flight, else a place among those waiting.
+    /// Enters the request leading `key`'s lane: a call of its own (the
+    /// lead given back) when fewer than the most are in flight, else a
+    /// place among those waiting, which keeps the lead until answered.
     pub(crate) fn enter(
         &self,
         inner: &Arc<Inner>,
         conn: &RedisConnection,
         key: &Key,
         call: &Call,
-        requests: impl FnOnce() -> Vec<Request>,
-    ) -> Entered {
+        request: Request,
+        lead: Lead,
+    ) -> Result<(Permit, Lead), Answer> {
         let mut state = self.lock();
         if state.in_flight < self.max {
             state.in_flight += 1;
-            return Entered::Go(Permit {
+            let permit = Permit {
                 inner: Arc::clone(inner),
                 conn: conn.clone(),
-            });
+            };
+            return Ok((permit, lead));
         }
         let (tx, rx) = oneshot::channel();
         state.waiting.push_back(Waiter {
             key: key.clone(),
             call: call.clone(),
-            requests: requests(),
+            request,
+            since: Instant::now(),
             tx,
+            lead,
         });
-        Entered::Wait(rx)
+        Err(rx)
     }
 
     /// The oldest waiting requests that go together, or `None` (and one
-    /// call fewer in flight) when none waits.
-    fn next(&self) -> Option<Vec<Waiter>> {
-        let mut state = self.lock();
-        // Requests given up on before their call is sent count for nothing.
-        state.waiting.retain(|w| !w.tx.is_closed());
-        let Some(head) = state.waiting.front() else {
-            state.in_flight -= 1;
-            return None;
-        };
-        let call = head.call.clone();
-        let mut out: Vec<Waiter> = Vec::with_capacity(state.waiting.len().min(MAX_KEYS));
-        let mut rest = VecDeque::with_capacity(state.waiting.len());
-        let mut requests = 0;
-        for w in state.waiting.drain(..) {
-            let fits = out.is_empty()
-                || (out.len() < MAX_KEYS && requests + w.requests.len() <= MAX_REQUESTS);
-            if fits && w.call.alike(&call) {
-                requests += w.requests.len();
-                out.push(w);
-            } else {
-                rest.push_back(w);
+    /// call fewer in flight) when none waits. Requests given up on are
+    /// left out, and those that waited longer than `deadline` are answered
+    /// that they timed out; both count for nothing.
+    fn next(&self, deadline: std::time::Duration) -> Option<Vec<Waiter>> {
+        let mut out: Vec<Waiter> = Vec::new();
+        let mut gone: Vec<Waiter> = Vec::new();
+        {
+            let mut state = self.lock();
+            let now = Instant::now();
+            let mut rest = VecDeque::with_capacity(state.waiting.len());
+            let mut call: Option<Call> = None;
+            for w in state.waiting.drain(..) {
+                if w.tx.is_closed() || now.duration_since(w.since) > deadline {
+                    gone.push(w);
+                    continue;
+                }
+                let head = call.get_or_insert_with(|| w.call.clone());
+                if out.len() < MAX_KEYS && w.call.alike(head) {
+                    out.push(w);
+                } else {
+                    rest.push_back(w);
+                }
+            }
+            state.waiting = rest;
+            if out.is_empty() {
+                state.in_flight -= 1;
             }
         }
-        state.waiting = rest;
-        Some(out)
+        // Outside the lock: handing a lane on may send its next call.
+        for w in gone {
+            let _ = w.tx.send(Err(super::timed_out(deadline)));
+        }
+        (!out.is_empty()).then_some(out)
     }
 
-    fn leave(&self) {
-        self.lock().in_flight -= 1;
+    /// Gives a place in flight back, answering whatever waits with
+    /// `error`: nobody is left to send it.
+    fn abandon(&self, error: impl Fn() -> StoreError) {
+        let waiting = {
+            let mut state = self.lock();
+            state.in_flight -= 1;
+            std::mem::take(&mut state.waiting)
+        };
+        for w in waiting {
+            let _ = w.tx.send(Err(error()));
+        }
     }
 }
 
@@ -147,7 +163,7 @@ pub(crate) struct Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let Some(first) = self.inner.bus.next() else {
+        let Some(first) = self.inner.bus.next(self.inner.timeout) else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -155,7 +171,7 @@ impl Drop for Permit {
             for w in first {
                 let _ = w.tx.send(Err(super::no_runtime()));
             }
-            self.inner.bus.leave();
+            self.inner.bus.abandon(super::no_runtime);
             return;
         };
         let drain = Drain {
@@ -180,14 +196,16 @@ impl Drain {
             let call = group[0].call.clone();
             let keys: Vec<(&Key, &[Request])> = group
                 .iter()
-                .map(|w| (&w.key, w.requests.as_slice()))
+                .map(|w| (&w.key, std::slice::from_ref(&w.request)))
                 .collect();
             let result = self.inner.decide_keys(&mut conn, &call, &keys).await;
             drop(keys);
             match result {
-                Ok(decisions) => {
-                    for (w, d) in group.into_iter().zip(decisions) {
-                        let _ = w.tx.send(Ok(d));
+                Ok(answers) => {
+                    for (w, answer) in group.into_iter().zip(answers) {
+                        let _ = w.tx.send(answer.map(|mut d| d.swap_remove(0)));
+                        // Then the key's lane goes on.
+                        drop(w.lead);
                     }
                 }
                 Err(e) => {
@@ -197,7 +215,7 @@ impl Drain {
                     }
                 }
             }
-            match self.inner.bus.next() {
+            match self.inner.bus.next(self.inner.timeout) {
                 Some(next) => group = next,
                 None => break,
             }
@@ -209,10 +227,15 @@ impl Drain {
 impl Drop for Drain {
     fn drop(&mut self) {
         // The task stopped early (a panic, a runtime shutting down): its
-        // place in flight is given back; whoever waits is sent by the next
-        // call to end.
+        // place in flight is given back, and whoever waits is answered.
         if !self.finished {
-            self.inner.bus.leave();
+            self.inner.bus.abandon(|| {
+                StoreError::new(
+                    crate::error::StoreErrorKind::Unavailable,
+                    "the task sending the calls this request waited for stopped",
+                    None,
+                )
+            });
         }
     }
 }

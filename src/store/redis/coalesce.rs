@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use hashbrown::HashTable;
 use tokio::sync::oneshot;
 
-use super::bus::Entered;
 use super::denied::Denied;
 use super::{Call, Inner, RedisConnection, Request};
 use crate::decision::Decision;
@@ -300,7 +299,7 @@ impl Drain {
     async fn run(mut self, mut conn: RedisConnection, first: Batch) {
         let mut batch = first;
         loop {
-            let result = self.decide(&mut conn, &batch).await;
+            let result = self.inner.decide_batch(&mut conn, &self.key, &batch).await;
             batch.answer(result);
             match self
                 .inner
@@ -312,32 +311,6 @@ impl Drain {
             }
         }
         self.finished = true;
-    }
-}
-
-impl Drain {
-    /// Decides `batch` in a call of its own or, when the store has as many
-    /// calls in flight as it may, in the next call with other keys.
-    async fn decide(
-        &self,
-        conn: &mut RedisConnection,
-        batch: &Batch,
-    ) -> Result<Vec<Decision>, StoreError> {
-        let inner = &self.inner;
-        if !inner.bus.bounded() {
-            return inner.decide_batch(conn, &self.key, batch).await;
-        }
-        let entered = inner.bus.enter(inner, conn, &self.key, &batch.call, || {
-            batch.requests.clone()
-        });
-        match entered {
-            Entered::Go(permit) => {
-                let result = inner.decide_batch(conn, &self.key, batch).await;
-                drop(permit);
-                result
-            }
-            Entered::Wait(answers) => super::waited(answers, 2 * inner.timeout).await,
-        }
     }
 }
 

@@ -32,7 +32,7 @@ pub use self::connect::{ConnectError, ConnectErrorKind, MIN_REDIS_VERSION};
 pub use self::sentinel::SentinelConnection;
 
 use self::breaker::Admit;
-use self::bus::{Bus, Entered};
+use self::bus::Bus;
 use self::coalesce::{Batch, Joined, Lanes};
 use self::connect::{Access, Mode, Secret};
 use self::denied::{Denied, Read};
@@ -672,9 +672,11 @@ impl RedisStoreBuilder {
     ///
     /// Bounds: a call decides at most 512 requests, and a request finding
     /// 512 already queued goes alone, outside the queue; a request waiting
-    /// behind a call has twice the [deadline](Self::timeout), for that call
-    /// and its own, and is decided at the Redis `TIME` of the call it goes
-    /// in, which is sent once the call ahead of it is answered.
+    /// behind a call has three times the [deadline](Self::timeout): for
+    /// the place in flight that call may wait for
+    /// ([`calls_in_flight`](Self::calls_in_flight)), that call and its own.
+    /// It is decided at the Redis `TIME` of the call it goes in, which is
+    /// sent once the call ahead of it is answered.
     ///
     /// ```
     /// use tower_ratelimit::store::RedisStore;
@@ -687,21 +689,31 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The most calls this store has in flight at once, **2 by default**;
-    /// 0 for no bound. Decisions for other keys that arrive while that
-    /// many are in flight wait, then go to Redis together in one call (at
-    /// most 64 keys), whose script decides each key's requests in turn, as
-    /// a call for that key alone would: the same answers, at one Redis
-    /// `TIME`. Under load Redis then runs a few calls that decide many
-    /// keys each, not one call per key, and serves more decisions a
-    /// second for less of its time each.
+    /// The most calls of requests that lead their key (the first for a
+    /// key with no call in flight) this store has in flight at once, **2 by
+    /// default**; 0 for no bound. Such requests that arrive while that many
+    /// are in flight wait, then go to Redis together in one call (at most
+    /// 64 keys), whose script decides each key's requests in turn as a call
+    /// for that key alone would: the same answers, at one Redis `TIME`.
+    /// Under load Redis then runs a few calls that decide many keys each,
+    /// not one call per key, and serves more decisions a second for less
+    /// of its time each.
     ///
-    /// Like [`coalesce`](Self::coalesce), which it rides on (off with it),
-    /// it takes only acquires and peeks, and a waiting request whose
-    /// caller goes away before its call is sent counts for nothing. A
-    /// waiting request has twice the [deadline](Self::timeout), for the
-    /// call ahead and its own. On a Redis Cluster, whose keys live on
-    /// different masters, every key has its own call.
+    /// - It rides on [`coalesce`](Self::coalesce) (off with it) and takes
+    ///   only acquires and peeks; the calls of requests queued behind their
+    ///   key's call, and of releases, renewals and resets, are not bounded.
+    /// - A waiting request keeps its key's place: no other call for the
+    ///   key is sent until it is answered.
+    /// - A waiting request whose caller goes away counts for nothing; one
+    ///   that no call has taken within the [deadline](Self::timeout) is
+    ///   answered that it timed out, and counts for nothing either. So a
+    ///   request waits at most the deadline for a call, then the deadline
+    ///   for that call.
+    /// - Only requests of one policy set, op, wait mode and given time go
+    ///   together: a store whose requests mix many policy sets shares
+    ///   fewer calls, and may want a higher bound.
+    /// - On a Redis Cluster, whose keys live on different masters, every
+    ///   key has its own call.
     ///
     /// ```
     /// use tower_ratelimit::store::RedisStore;
@@ -1027,8 +1039,9 @@ impl Store for RedisStore {
             match joined {
                 Joined::Local(d) => return Box::pin(std::future::ready(Ok(d))),
                 Joined::Wait(answer) => {
-                    // Behind a call in flight, then in one of its own.
-                    return Box::pin(waited(answer, 2 * self.inner.timeout));
+                    // Behind a call in flight (which may first wait for a
+                    // place in flight), then in one of its own.
+                    return Box::pin(waited(answer, 3 * self.inner.timeout));
                 }
                 Joined::Lead(lead) => Some(lead),
                 Joined::Alone => None,
@@ -1045,32 +1058,22 @@ impl Store for RedisStore {
         if call.op == Op::Reset {
             self.inner.denied.forget(key);
         }
-        let permit = match &lead {
-            Some(_) if self.inner.bus.bounded() => {
-                match self
-                    .inner
-                    .bus
-                    .enter(&self.inner, &self.conn, key, &call, || vec![request])
-                {
-                    Entered::Go(permit) => Some(permit),
-                    Entered::Wait(answers) => {
-                        // Behind the calls in flight, then in one with
-                        // other keys.
-                        let deadline = 2 * self.inner.timeout;
-                        return Box::pin(async move {
-                            let result = waited(answers, deadline).await;
-                            drop(lead);
-                            result.map(|mut decisions| decisions.swap_remove(0))
-                        });
-                    }
-                }
-            }
-            _ => None,
-        };
         let key = key.clone();
         let inner = Arc::clone(&self.inner);
         let mut conn = self.conn.clone();
         Box::pin(async move {
+            // A place in flight is taken when the future is first polled.
+            let (permit, lead) = match lead {
+                Some(lead) if inner.bus.bounded() => {
+                    match inner.bus.enter(&inner, &conn, &key, &call, request, lead) {
+                        Ok((permit, lead)) => (Some(permit), Some(lead)),
+                        // Behind the calls in flight, then in one with
+                        // other keys, which hands the lane on.
+                        Err(answer) => return waited(answer, 3 * inner.timeout).await,
+                    }
+                }
+                lead => (None, lead),
+            };
             let batch = Batch::one(call, request);
             let result = inner.decide_batch(&mut conn, &key, &batch).await;
             // Hands the store's place in flight on to whatever waits for
@@ -1107,7 +1110,7 @@ async fn waited<T>(
     }
 }
 
-fn timed_out(deadline: Duration) -> StoreError {
+pub(crate) fn timed_out(deadline: Duration) -> StoreError {
     StoreError::new(
         StoreErrorKind::Timeout,
         format!("Redis did not answer within {deadline:?}"),
@@ -1164,10 +1167,10 @@ impl Inner {
         conn: &mut RedisConnection,
         call: &Call,
         keys: &[(&Key, &[Request])],
-    ) -> Result<Vec<Vec<Decision>>, StoreError> {
+    ) -> Result<Vec<Result<Vec<Decision>, StoreError>>, StoreError> {
         if let [(key, requests)] = keys {
             let batch = Batch::of(call.clone(), requests.to_vec());
-            return Ok(vec![self.decide_batch(conn, key, &batch).await?]);
+            return Ok(vec![self.decide_batch(conn, key, &batch).await]);
         }
         let script = self.scripts.get(
             &call.set,
@@ -1198,8 +1201,9 @@ impl Inner {
                 keys.len()
             )));
         }
-        let mut decisions = Vec::with_capacity(keys.len());
-        for ((key, requests), value) in keys.iter().zip(replies) {
+        // Each key's answer is its own: a reply that does not read fails
+        // only its key's requests.
+        let one = |key: &Key, requests: &[Request], value: Value| {
             let reply = reply::parse(&call.set, value, requests.len())?;
             let read_at = reply.now;
             self.timeline.saw(read_at);
@@ -1207,9 +1211,13 @@ impl Inner {
             if let Some(last) = mine.last() {
                 self.settled(key, call, &states, read_at, sent, last);
             }
-            decisions.push(mine);
-        }
-        Ok(decisions)
+            Ok(mine)
+        };
+        Ok(keys
+            .iter()
+            .zip(replies)
+            .map(|((key, requests), value)| one(key, requests, value))
+            .collect())
     }
 
     /// Sends `cmd` (a call of `script`) unless the breaker of the Redis
