@@ -129,7 +129,10 @@ fn load(
                         Ok(d) => Outcome::Redis {
                             allowed: d.is_allowed(),
                         },
-                        Err(AcquireError::Store(e)) => Outcome::Failed(e.kind()),
+                        Err(AcquireError::Store(e)) => {
+                            eprintln!("request failed: {e}");
+                            Outcome::Failed(e.kind())
+                        }
                         Err(e) => panic!("{e}"),
                     };
                     answers.push(Answer {

@@ -60,6 +60,9 @@ const FUNCTIONS: u8 = 1;
 const SCRIPTS: u8 = 2;
 const DEFAULT_DENIED_AGE: Duration = Duration::from_secs(1);
 const DEFAULT_CALLS_IN_FLIGHT: usize = 2;
+/// The most times one call loads its function library: a `FUNCTION FLUSH`
+/// may come between a load and the call.
+const MAX_LOADS: u32 = 3;
 
 /// A connection [`RedisStore`] sends its scripts over. All are multiplexed
 /// and cheap to clone.
@@ -1553,7 +1556,7 @@ async fn send(
         } else {
             std::borrow::Cow::Owned(with_head(cmd, "EVALSHA", &script.sha))
         };
-        let (mut loaded, mut redirected) = (false, false);
+        let (mut loads, mut loaded, mut redirected) = (0, false, false);
         let mut at: Option<(String, u16, bool)> = None;
         loop {
             let result = match &at {
@@ -1584,9 +1587,10 @@ async fn send(
                 }
                 continue;
             }
-            if functions && !loaded && is_server_error(&e, "Function not found") {
-                // Load it (on every master of a cluster), call once more.
-                loaded = true;
+            if functions && loads < MAX_LOADS && is_server_error(&e, "Function not found") {
+                // Load it (on every master of a cluster), call once more:
+                // it never ran. Again if a flush came between the two.
+                loads += 1;
                 let mut load = redis::cmd("FUNCTION");
                 load.arg("LOAD").arg("REPLACE").arg(&script.library);
                 conn.query(&load).await?;
