@@ -995,14 +995,14 @@ fn print_nested(variants: &[Arc<Variant>], by_variant: &[Vec<Run>], tasks: usize
 }
 
 fn print_algorithms(variants: &[Arc<Variant>], by_variant: &[Vec<Run>]) {
-    let gcra: Vec<f64> = pick(&by_variant[0], Run::redis_us);
+    let gcra: Vec<f64> = pick(&by_variant[0], Run::redis_us_per_decision);
     let mut rows = Vec::new();
     for (v, runs) in variants.iter().zip(by_variant) {
         let mut row = vec![v.name.clone()];
         row.extend(stat(pick(runs, |r| r.rate), rate));
         row.extend(stat(pick(runs, |r| r.p99_us), micros));
-        row.extend(stat(pick(runs, Run::redis_us), micros));
-        let per_round = pick(runs, Run::redis_us)
+        row.extend(stat(pick(runs, Run::redis_us_per_decision), micros));
+        let per_round = pick(runs, Run::redis_us_per_decision)
             .iter()
             .zip(&gcra)
             .map(|(x, g)| x / g)
@@ -1014,7 +1014,7 @@ fn print_algorithms(variants: &[Arc<Variant>], by_variant: &[Vec<Run>]) {
     }
     print_table(
         &format!(
-            "Per algorithm, one policy, {KEYS} keys, {ALGORITHM_TASKS} tasks (evalsha µs/call)"
+            "Per algorithm, one policy, {KEYS} keys, {ALGORITHM_TASKS} tasks (Redis µs per decision: usec_per_call × calls per decision)"
         ),
         &[
             "algorithm",
@@ -1022,7 +1022,7 @@ fn print_algorithms(variants: &[Arc<Variant>], by_variant: &[Vec<Run>]) {
             "",
             "p99 µs",
             "",
-            "usec_per_call",
+            "Redis µs/decision",
             "",
             "÷ gcra",
             "",
