@@ -1,7 +1,9 @@
 //! Calls for several keys in one: a store keeps at most a few calls of
-//! requests that lead their key in flight, and the requests for other keys
-//! that arrive meanwhile wait, then go to Redis together in one call whose
-//! script decides each key's requests in turn, at one Redis `TIME`.
+//! requests that lead their key in flight per kind of call (policy set, op,
+//! mode and given time: what may share a call), and the requests for other
+//! keys that arrive meanwhile wait, then go to Redis together in one call
+//! whose script decides each key's requests in turn, at one Redis `TIME`.
+//! Kinds do not wait for each other.
 //!
 //! A request waits here only as the lead of its key's lane (see
 //! [`coalesce`](super::coalesce)), and it keeps the lane until its call is
@@ -32,13 +34,18 @@ pub(crate) const MAX_KEYS: usize = 64;
 
 /// A store's calls in flight, and the requests waiting for one to end.
 pub(crate) struct Bus {
-    /// The most calls in flight; 0: no bound (every key its own call).
+    /// The most calls of a kind in flight; 0: no bound (every key its own
+    /// call).
     max: usize,
-    state: Mutex<State>,
+    /// The kinds with a call in flight: few (a store's policy sets by what
+    /// is asked), so a list.
+    kinds: Mutex<Vec<Kind>>,
 }
 
-#[derive(Default)]
-struct State {
+/// Calls that may go together, their calls in flight and their waiting
+/// requests.
+struct Kind {
+    call: Call,
     in_flight: usize,
     waiting: VecDeque<Waiter>,
 }
@@ -46,7 +53,6 @@ struct State {
 /// A key's lead request waiting for a call, with its key's lane.
 struct Waiter {
     key: Key,
-    call: Call,
     request: Request,
     since: Instant,
     tx: oneshot::Sender<Result<Decision, StoreError>>,
@@ -58,12 +64,12 @@ impl Bus {
     pub(crate) fn new(max: usize) -> Self {
         Self {
             max,
-            state: Mutex::default(),
+            kinds: Mutex::default(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Vec<Kind>> {
+        self.kinds.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether calls are bounded, so that requests may wait here.
@@ -83,19 +89,31 @@ impl Bus {
         request: Request,
         lead: Lead,
     ) -> Result<(Permit, Lead), Answer> {
-        let mut state = self.lock();
-        if state.in_flight < self.max {
-            state.in_flight += 1;
+        let mut kinds = self.lock();
+        let kind = match kinds.iter().position(|k| k.call.alike(call)) {
+            Some(i) => &mut kinds[i],
+            None => {
+                kinds.push(Kind {
+                    call: call.clone(),
+                    in_flight: 0,
+                    waiting: VecDeque::new(),
+                });
+                let last = kinds.len() - 1;
+                &mut kinds[last]
+            }
+        };
+        if kind.in_flight < self.max {
+            kind.in_flight += 1;
             let permit = Permit {
                 inner: Arc::clone(inner),
                 conn: conn.clone(),
+                call: call.clone(),
             };
             return Ok((permit, lead));
         }
         let (tx, rx) = oneshot::channel();
-        state.waiting.push_back(Waiter {
+        kind.waiting.push_back(Waiter {
             key: key.clone(),
-            call: call.clone(),
             request,
             since: Instant::now(),
             tx,
@@ -104,33 +122,34 @@ impl Bus {
         Err(rx)
     }
 
-    /// The oldest waiting requests that go together, or `None` (and one
-    /// call fewer in flight) when none waits. Requests given up on are
-    /// left out, and those that waited longer than `deadline` are answered
-    /// that they timed out; both count for nothing.
-    fn next(&self, deadline: std::time::Duration) -> Option<Vec<Waiter>> {
+    /// The oldest waiting requests of `call`'s kind, at most [`MAX_KEYS`],
+    /// or `None` (and one call of the kind fewer in flight) when none
+    /// waits. Requests given up on are left out, and those that waited
+    /// longer than `deadline` are answered that they timed out; both count
+    /// for nothing.
+    fn next(&self, call: &Call, deadline: std::time::Duration) -> Option<Vec<Waiter>> {
         let mut out: Vec<Waiter> = Vec::new();
         let mut gone: Vec<Waiter> = Vec::new();
         {
-            let mut state = self.lock();
+            let mut kinds = self.lock();
+            let i = kinds.iter().position(|k| k.call.alike(call))?;
+            let kind = &mut kinds[i];
             let now = Instant::now();
-            let mut rest = VecDeque::with_capacity(state.waiting.len());
-            let mut call: Option<Call> = None;
-            for w in state.waiting.drain(..) {
+            while out.len() < MAX_KEYS {
+                let Some(w) = kind.waiting.pop_front() else {
+                    break;
+                };
                 if w.tx.is_closed() || now.duration_since(w.since) > deadline {
                     gone.push(w);
-                    continue;
-                }
-                let head = call.get_or_insert_with(|| w.call.clone());
-                if out.len() < MAX_KEYS && w.call.alike(head) {
-                    out.push(w);
                 } else {
-                    rest.push_back(w);
+                    out.push(w);
                 }
             }
-            state.waiting = rest;
             if out.is_empty() {
-                state.in_flight -= 1;
+                kind.in_flight -= 1;
+                if kind.in_flight == 0 {
+                    kinds.swap_remove(i);
+                }
             }
         }
         // Outside the lock: handing a lane on may send its next call.
@@ -140,13 +159,21 @@ impl Bus {
         (!out.is_empty()).then_some(out)
     }
 
-    /// Gives a place in flight back, answering whatever waits with
-    /// `error`: nobody is left to send it.
-    fn abandon(&self, error: impl Fn() -> StoreError) {
+    /// Gives a place of `call`'s kind back, answering whatever of the kind
+    /// waits with `error`: nobody is left to send it.
+    fn abandon(&self, call: &Call, error: impl Fn() -> StoreError) {
         let waiting = {
-            let mut state = self.lock();
-            state.in_flight -= 1;
-            std::mem::take(&mut state.waiting)
+            let mut kinds = self.lock();
+            let Some(i) = kinds.iter().position(|k| k.call.alike(call)) else {
+                return;
+            };
+            let kind = &mut kinds[i];
+            kind.in_flight -= 1;
+            let waiting = std::mem::take(&mut kind.waiting);
+            if kind.in_flight == 0 {
+                kinds.swap_remove(i);
+            }
+            waiting
         };
         for w in waiting {
             let _ = w.tx.send(Err(error()));
@@ -159,11 +186,13 @@ impl Bus {
 pub(crate) struct Permit {
     inner: Arc<Inner>,
     conn: RedisConnection,
+    /// Its kind.
+    call: Call,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let Some(first) = self.inner.bus.next(self.inner.timeout) else {
+        let Some(first) = self.inner.bus.next(&self.call, self.inner.timeout) else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -171,11 +200,12 @@ impl Drop for Permit {
             for w in first {
                 let _ = w.tx.send(Err(super::no_runtime()));
             }
-            self.inner.bus.abandon(super::no_runtime);
+            self.inner.bus.abandon(&self.call, super::no_runtime);
             return;
         };
         let drain = Drain {
             inner: Arc::clone(&self.inner),
+            call: self.call.clone(),
             finished: false,
         };
         runtime.spawn(drain.run(self.conn.clone(), first));
@@ -186,6 +216,8 @@ impl Drop for Permit {
 /// flight meanwhile.
 struct Drain {
     inner: Arc<Inner>,
+    /// The kind it sends.
+    call: Call,
     finished: bool,
 }
 
@@ -193,12 +225,12 @@ impl Drain {
     async fn run(mut self, mut conn: RedisConnection, first: Vec<Waiter>) {
         let mut group = first;
         loop {
-            let call = group[0].call.clone();
+            let call = &self.call;
             let keys: Vec<(&Key, &[Request])> = group
                 .iter()
                 .map(|w| (&w.key, std::slice::from_ref(&w.request)))
                 .collect();
-            let result = self.inner.decide_keys(&mut conn, &call, &keys).await;
+            let result = self.inner.decide_keys(&mut conn, call, &keys).await;
             drop(keys);
             match result {
                 Ok(answers) => {
@@ -215,7 +247,7 @@ impl Drain {
                     }
                 }
             }
-            match self.inner.bus.next(self.inner.timeout) {
+            match self.inner.bus.next(&self.call, self.inner.timeout) {
                 Some(next) => group = next,
                 None => break,
             }
@@ -229,7 +261,7 @@ impl Drop for Drain {
         // The task stopped early (a panic, a runtime shutting down): its
         // place in flight is given back, and whoever waits is answered.
         if !self.finished {
-            self.inner.bus.abandon(|| {
+            self.inner.bus.abandon(&self.call, || {
                 StoreError::new(
                     crate::error::StoreErrorKind::Unavailable,
                     "the task sending the calls this request waited for stopped",

@@ -693,11 +693,13 @@ impl RedisStoreBuilder {
     }
 
     /// The most calls of requests that lead their key (the first for a
-    /// key with no call in flight) this store has in flight at once, **2 by
-    /// default**; 0 for no bound. Such requests that arrive while that many
-    /// are in flight wait, then go to Redis together in one call (at most
-    /// 64 keys), whose script decides each key's requests in turn as a call
-    /// for that key alone would: the same answers, at one Redis `TIME`.
+    /// key with no call in flight) this store has in flight at once for
+    /// one policy set (and op, wait mode and given time: what may share a
+    /// call), **2 by default**; 0 for no bound. Such requests that arrive
+    /// while that many are in flight wait, then go to Redis together in one
+    /// call (at most 64 keys), whose script decides each key's requests in
+    /// turn as a call for that key alone would: the same answers, at one
+    /// Redis `TIME`.
     /// Under load Redis then runs a few calls that decide many keys each,
     /// not one call per key, and serves more decisions a second for less
     /// of its time each.
@@ -712,9 +714,8 @@ impl RedisStoreBuilder {
     ///   answered that it timed out, and counts for nothing either. So a
     ///   request waits at most the deadline for a call, then the deadline
     ///   for that call.
-    /// - Only requests of one policy set, op, wait mode and given time go
-    ///   together: a store whose requests mix many policy sets shares
-    ///   fewer calls, and may want a higher bound.
+    /// - Each policy set (op, mode, given time) has its own bound: sets
+    ///   do not wait for each other's calls.
     /// - On a Redis Cluster, whose keys live on different masters, every
     ///   key has its own call.
     ///
