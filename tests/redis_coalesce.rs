@@ -449,3 +449,35 @@ fn policy_sets_do_not_wait_for_each_others_calls() {
         assert!(other.1 < Duration::from_millis(500), "{:?}", other.1);
     });
 }
+
+/// More kinds of call at once than are bounded (here distinct given
+/// times): the rest go at once, and every request is answered as alone.
+#[test]
+fn many_given_times_at_once_are_answered_as_alone() {
+    let server = RedisServer::start();
+    let rt = runtime();
+    rt.block_on(async {
+        let redis = RedisStore::builder()
+            .timeout(Duration::from_secs(5))
+            .calls_in_flight(1)
+            .connect(&server.url())
+            .await
+            .unwrap();
+        let set = PolicySet::new(vec![Policy::new("p", Quota::per_hour(2))]).unwrap();
+        let keys: Vec<Key> = (0..100).map(|_| fresh_key("times")).collect();
+        for round in 0..3_u64 {
+            let checks: Vec<Check<'_>> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    Check::new(k, &set, 1).with_at_micros(Some(START + i as u64 * 1_000 + round))
+                })
+                .collect();
+            let answers = futures_join(checks.iter().map(|c| redis.decide(*c)).collect()).await;
+            for a in answers {
+                let a = a.unwrap();
+                assert_eq!(a.is_allowed(), round < 2, "round {round}: {a:?}");
+            }
+        }
+    });
+}

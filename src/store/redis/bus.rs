@@ -7,15 +7,18 @@
 //!
 //! A request waits here only as the lead of its key's lane (see
 //! [`coalesce`](super::coalesce)), and it keeps the lane until its call is
-//! answered: keys in one call are distinct, and a key never has two calls
-//! in flight. Each key is decided by the body a call for that key alone
+//! answered: keys in one call are distinct, and the key's lane sends
+//! nothing meanwhile (only a request that finds 512 queued for its key
+//! goes alone, as it would without this). Each key is decided by the body a call for that key alone
 //! would run, so each request gets the answer it would have had alone, at
 //! the call's time. Only acquires and peeks of one policy set, op, mode and
 //! given time go together.
 //!
 //! A waiting request whose caller goes away is left out and counts for
 //! nothing; one that a call has not taken within the store's deadline is
-//! answered that it timed out, and counts for nothing either.
+//! answered that it timed out, and counts for nothing either. At most
+//! [`MAX_KINDS`] kinds are bounded at once (each given time is a kind of
+//! its own); calls of others go at once, unbounded.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -31,6 +34,9 @@ use crate::key::Key;
 
 /// The most keys one call decides.
 pub(crate) const MAX_KEYS: usize = 64;
+
+/// The most kinds of call bounded at once.
+const MAX_KINDS: usize = 64;
 
 /// A store's calls in flight, and the requests waiting for one to end.
 pub(crate) struct Bus {
@@ -92,6 +98,16 @@ impl Bus {
         let mut kinds = self.lock();
         let kind = match kinds.iter().position(|k| k.call.alike(call)) {
             Some(i) => &mut kinds[i],
+            None if kinds.len() >= MAX_KINDS => {
+                // Too many kinds at once (given times, most likely): this
+                // one goes unbounded.
+                let permit = Permit {
+                    inner: Arc::clone(inner),
+                    conn: conn.clone(),
+                    call: None,
+                };
+                return Ok((permit, lead));
+            }
             None => {
                 kinds.push(Kind {
                     call: call.clone(),
@@ -107,7 +123,7 @@ impl Bus {
             let permit = Permit {
                 inner: Arc::clone(inner),
                 conn: conn.clone(),
-                call: call.clone(),
+                call: Some(call.clone()),
             };
             return Ok((permit, lead));
         }
@@ -159,8 +175,8 @@ impl Bus {
         (!out.is_empty()).then_some(out)
     }
 
-    /// Gives a place of `call`'s kind back, answering whatever of the kind
-    /// waits with `error`: nobody is left to send it.
+    /// Gives a place of `call`'s kind back; with no other call of the kind
+    /// in flight to send whatever of it waits, answers that with `error`.
     fn abandon(&self, call: &Call, error: impl Fn() -> StoreError) {
         let waiting = {
             let mut kinds = self.lock();
@@ -169,11 +185,10 @@ impl Bus {
             };
             let kind = &mut kinds[i];
             kind.in_flight -= 1;
-            let waiting = std::mem::take(&mut kind.waiting);
-            if kind.in_flight == 0 {
-                kinds.swap_remove(i);
+            if kind.in_flight > 0 {
+                return;
             }
-            waiting
+            kinds.swap_remove(i).waiting
         };
         for w in waiting {
             let _ = w.tx.send(Err(error()));
@@ -186,13 +201,16 @@ impl Bus {
 pub(crate) struct Permit {
     inner: Arc<Inner>,
     conn: RedisConnection,
-    /// Its kind.
-    call: Call,
+    /// Its kind; `None` for a call outside the bound.
+    call: Option<Call>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let Some(first) = self.inner.bus.next(&self.call, self.inner.timeout) else {
+        let Some(call) = self.call.take() else {
+            return;
+        };
+        let Some(first) = self.inner.bus.next(&call, self.inner.timeout) else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -200,12 +218,12 @@ impl Drop for Permit {
             for w in first {
                 let _ = w.tx.send(Err(super::no_runtime()));
             }
-            self.inner.bus.abandon(&self.call, super::no_runtime);
+            self.inner.bus.abandon(&call, super::no_runtime);
             return;
         };
         let drain = Drain {
             inner: Arc::clone(&self.inner),
-            call: self.call.clone(),
+            call,
             finished: false,
         };
         runtime.spawn(drain.run(self.conn.clone(), first));
@@ -225,6 +243,16 @@ impl Drain {
     async fn run(mut self, mut conn: RedisConnection, first: Vec<Waiter>) {
         let mut group = first;
         loop {
+            // Callers gone since the group was taken count for nothing
+            // either (their keys' lanes go on).
+            group.retain(|w| !w.tx.is_closed());
+            if group.is_empty() {
+                match self.inner.bus.next(&self.call, self.inner.timeout) {
+                    Some(next) => group = next,
+                    None => break,
+                }
+                continue;
+            }
             let call = &self.call;
             let keys: Vec<(&Key, &[Request])> = group
                 .iter()

@@ -707,8 +707,12 @@ impl RedisStoreBuilder {
     /// - It rides on [`coalesce`](Self::coalesce) (off with it) and takes
     ///   only acquires and peeks; the calls of requests queued behind their
     ///   key's call, and of releases, renewals and resets, are not bounded.
-    /// - A waiting request keeps its key's place: no other call for the
-    ///   key is sent until it is answered.
+    /// - A waiting request keeps its key's place: its key's lane sends no
+    ///   other call until it is answered (only a request that finds 512
+    ///   queued for the key goes alone, as with coalescing alone).
+    /// - At most 64 kinds (policy set, op, mode, given time) are bounded at
+    ///   once: calls of more kinds, such as many distinct given times, go
+    ///   unbounded.
     /// - A waiting request whose caller goes away counts for nothing; one
     ///   that no call has taken within the [deadline](Self::timeout) is
     ///   answered that it timed out, and counts for nothing either. So a
