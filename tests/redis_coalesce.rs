@@ -199,6 +199,16 @@ fn a_queued_request_given_up_on_before_its_call_counts_for_nothing() {
     });
 }
 
+/// A store with at most one call in flight per kind, and `timeout`.
+async fn one_call_in_flight(server: &RedisServer, timeout: Duration) -> RedisStore {
+    RedisStore::builder()
+        .timeout(timeout)
+        .calls_in_flight(1)
+        .connect(&server.url())
+        .await
+        .unwrap()
+}
+
 /// Bursts of requests over a few keys, each burst at its own time.
 fn bursts_over_keys() -> impl Strategy<Value = Vec<(u64, Vec<(usize, Ask)>)>> {
     let ask = (
@@ -294,12 +304,7 @@ fn a_request_given_up_on_while_waiting_for_a_call_counts_for_nothing() {
     let server = RedisServer::start();
     let rt = runtime();
     rt.block_on(async {
-        let redis = RedisStore::builder()
-            .timeout(Duration::from_secs(5))
-            .calls_in_flight(1)
-            .connect(&server.url())
-            .await
-            .unwrap();
+        let redis = one_call_in_flight(&server, Duration::from_secs(5)).await;
         let set = PolicySet::new(vec![Policy::new("p", Quota::per_hour(3))]).unwrap();
         let (a, b, c) = (fresh_key("a"), fresh_key("b"), fresh_key("c"));
         let first = redis.decide(Check::new(&a, &set, 1));
@@ -318,12 +323,7 @@ fn requests_waiting_for_a_call_are_answered_when_redis_does_not_answer() {
     let server = RedisServer::start();
     let rt = runtime();
     rt.block_on(async {
-        let redis = RedisStore::builder()
-            .timeout(Duration::from_millis(200))
-            .calls_in_flight(1)
-            .connect(&server.url())
-            .await
-            .unwrap();
+        let redis = one_call_in_flight(&server, Duration::from_millis(200)).await;
         let set = PolicySet::new(vec![Policy::new("p", Quota::per_hour(3))]).unwrap();
         // Functions loaded and the time known before Redis stops.
         redis
@@ -363,12 +363,7 @@ fn requests_no_call_takes_within_the_deadline_time_out_uncounted() {
     let rt = runtime();
     rt.block_on(async {
         let deadline = Duration::from_millis(100);
-        let redis = RedisStore::builder()
-            .timeout(deadline)
-            .calls_in_flight(1)
-            .connect(&server.url())
-            .await
-            .unwrap();
+        let redis = one_call_in_flight(&server, deadline).await;
         let set = PolicySet::new(vec![Policy::new("p", Quota::per_hour(LIMIT))]).unwrap();
         // The functions for one key and for several loaded first.
         let warm: Vec<Key> = (0..3).map(|_| fresh_key("warm")).collect();
@@ -416,12 +411,7 @@ fn policy_sets_do_not_wait_for_each_others_calls() {
     let rt = runtime();
     rt.block_on(async {
         let deadline = Duration::from_millis(300);
-        let redis = RedisStore::builder()
-            .timeout(deadline)
-            .calls_in_flight(1)
-            .connect(&server.url())
-            .await
-            .unwrap();
+        let redis = one_call_in_flight(&server, deadline).await;
         let a = PolicySet::new(vec![Policy::new("a", Quota::per_hour(10))]).unwrap();
         let b = PolicySet::new(vec![Policy::new("b", Quota::per_hour(10))]).unwrap();
         redis
@@ -457,12 +447,7 @@ fn many_given_times_at_once_are_answered_as_alone() {
     let server = RedisServer::start();
     let rt = runtime();
     rt.block_on(async {
-        let redis = RedisStore::builder()
-            .timeout(Duration::from_secs(5))
-            .calls_in_flight(1)
-            .connect(&server.url())
-            .await
-            .unwrap();
+        let redis = one_call_in_flight(&server, Duration::from_secs(5)).await;
         let set = PolicySet::new(vec![Policy::new("p", Quota::per_hour(2))]).unwrap();
         let keys: Vec<Key> = (0..100).map(|_| fresh_key("times")).collect();
         for round in 0..3_u64 {

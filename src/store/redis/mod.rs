@@ -1410,12 +1410,7 @@ fn command(
     name.push(b'{');
     name.extend_from_slice(tag);
     name.extend_from_slice(b"}:");
-    let stem = name.len();
-    for (p, params) in set.policies().iter().zip(set.params()) {
-        name.truncate(stem);
-        write_policy(&mut name, p, params);
-        cmd.arg(name.as_slice());
-    }
+    push_policy_keys(&mut cmd, &mut name, set);
     // The time given, or the floor under Redis's own.
     cmd.arg(call.at.unwrap_or(floor));
     if call.op == Op::Reset {
@@ -1428,19 +1423,34 @@ fn command(
             let r = requests[0];
             cmd.arg(r.lease).arg(r.cost);
         }
-        _ => {
-            for r in requests {
-                cmd.arg(r.cost);
-                if call.wait {
-                    cmd.arg(r.max_wait.map_or(0, duration_micros));
-                }
-                if leased {
-                    cmd.arg(r.lease);
-                }
-            }
-        }
+        _ => push_requests(&mut cmd, call, requests, leased),
     }
     cmd
+}
+
+/// Each policy's key: `name` (`<prefix>{<tag>}:`) and the policy's name
+/// and fingerprint.
+fn push_policy_keys(cmd: &mut Cmd, name: &mut Vec<u8>, set: &PolicySet) {
+    let stem = name.len();
+    for (p, params) in set.policies().iter().zip(set.params()) {
+        name.truncate(stem);
+        write_policy(name, p, params);
+        cmd.arg(name.as_slice());
+    }
+}
+
+/// Each request's arguments: its cost, its longest wait (wait mode) and
+/// its lease (sets with a concurrency policy).
+fn push_requests(cmd: &mut Cmd, call: &Call, requests: &[Request], leased: bool) {
+    for r in requests {
+        cmd.arg(r.cost);
+        if call.wait {
+            cmd.arg(r.max_wait.map_or(0, duration_micros));
+        }
+        if leased {
+            cmd.arg(r.lease);
+        }
+    }
 }
 
 /// `FCALL` of `script`'s function (its shape for several keys) with every
@@ -1470,12 +1480,7 @@ fn command_many(
         name.push(b'{');
         keys::write_tag(&mut name, hash, key);
         name.extend_from_slice(b"}:");
-        let stem = name.len();
-        for (p, params) in set.policies().iter().zip(set.params()) {
-            name.truncate(stem);
-            write_policy(&mut name, p, params);
-            cmd.arg(name.as_slice());
-        }
+        push_policy_keys(&mut cmd, &mut name, set);
     }
     cmd.arg(call.at.unwrap_or(floor));
     cmd.arg(packed_params(set).as_slice());
@@ -1483,15 +1488,7 @@ fn command_many(
     let leased = set.has_concurrency();
     for (_, requests) in keys {
         cmd.arg(requests.len());
-        for r in *requests {
-            cmd.arg(r.cost);
-            if call.wait {
-                cmd.arg(r.max_wait.map_or(0, duration_micros));
-            }
-            if leased {
-                cmd.arg(r.lease);
-            }
-        }
+        push_requests(&mut cmd, call, requests, leased);
     }
     cmd
 }
