@@ -411,20 +411,21 @@ pub(crate) fn integer(n: u64) -> HeaderValue {
 /// Adds `items` to the list field `name`: as the field when it is absent,
 /// after the items already there (a rate limiter further in) otherwise.
 fn append_list(headers: &mut HeaderMap, name: &HeaderName, items: HeaderValue) {
-    match headers.entry(name) {
-        Entry::Vacant(e) => {
-            e.insert(items);
+    // Usually absent: a lookup (at once on an empty map) and an insert,
+    // cheaper than the entry API's reservation and key conversion.
+    if !headers.contains_key(name) {
+        headers.insert(name.clone(), items);
+        return;
+    }
+    if let Entry::Occupied(mut e) = headers.entry(name) {
+        let mut joined = Vec::new();
+        for v in e.iter() {
+            joined.extend_from_slice(v.as_bytes());
+            joined.extend_from_slice(b", ");
         }
-        Entry::Occupied(mut e) => {
-            let mut joined = Vec::new();
-            for v in e.iter() {
-                joined.extend_from_slice(v.as_bytes());
-                joined.extend_from_slice(b", ");
-            }
-            joined.extend_from_slice(items.as_bytes());
-            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
-                e.insert(v);
-            }
+        joined.extend_from_slice(items.as_bytes());
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
+            e.insert(v);
         }
     }
 }
