@@ -165,16 +165,12 @@ mod tsc {
     /// µs between corrections against [`OsClock`].
     pub(super) const SYNC_MICROS: u64 = 1_000_000;
 
-    /// The process's one counter clock: every thread shares its latest
-    /// time, so none reads an earlier time than another has.
-    pub(super) fn global() -> &'static Tsc {
-        static TSC: OnceLock<Tsc> = OnceLock::new();
-        TSC.get_or_init(Tsc::new)
-    }
-
+    /// The time on the process's one counter clock: every thread shares
+    /// its latest time, so none reads an earlier time than another has.
     #[inline]
     pub(super) fn now_micros() -> u64 {
-        global().now_micros()
+        static TSC: OnceLock<Tsc> = OnceLock::new();
+        TSC.get_or_init(Tsc::new).now_micros()
     }
 
     #[derive(Debug)]

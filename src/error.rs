@@ -299,6 +299,13 @@ impl StoreError {
     pub fn kind(&self) -> StoreErrorKind {
         self.kind
     }
+
+    /// The same failure for another request that shared its call: the
+    /// kind and the whole message, the cause as text.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn copy(&self) -> Self {
+        Self::new(self.kind, self.to_string(), None)
+    }
 }
 
 impl fmt::Display for StoreError {

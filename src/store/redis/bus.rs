@@ -43,14 +43,30 @@ pub(crate) struct Bus {
     /// The most calls of a kind in flight; 0: no bound (every key its own
     /// call).
     max: usize,
+    kinds: Mutex<Kinds>,
+}
+
+#[derive(Default)]
+struct Kinds {
     /// The kinds with a call in flight: few (a store's policy sets by what
     /// is asked), so a list.
-    kinds: Mutex<Vec<Kind>>,
+    list: Vec<Kind>,
+    /// The id the next kind gets.
+    next_id: u64,
+}
+
+impl Kinds {
+    fn index(&self, id: u64) -> Option<usize> {
+        self.list.iter().position(|k| k.id == id)
+    }
 }
 
 /// Calls that may go together, their calls in flight and their waiting
 /// requests.
 struct Kind {
+    /// What a call in flight names its kind by: no copy of `call` per
+    /// request.
+    id: u64,
     call: Call,
     in_flight: usize,
     waiting: VecDeque<Waiter>,
@@ -74,7 +90,7 @@ impl Bus {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Kind>> {
+    fn lock(&self) -> MutexGuard<'_, Kinds> {
         self.kinds.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -96,36 +112,32 @@ impl Bus {
         lead: Lead,
     ) -> Result<(Permit, Lead), Answer> {
         let mut kinds = self.lock();
-        let kind = match kinds.iter().position(|k| k.call.alike(call)) {
-            Some(i) => &mut kinds[i],
-            None if kinds.len() >= MAX_KINDS => {
-                // Too many kinds at once (given times, most likely): this
-                // one goes unbounded.
-                let permit = Permit {
-                    inner: Arc::clone(inner),
-                    conn: conn.clone(),
-                    call: None,
-                };
-                return Ok((permit, lead));
-            }
+        let permit = |kind| Permit {
+            inner: Arc::clone(inner),
+            conn: conn.clone(),
+            kind,
+        };
+        let kind = match kinds.list.iter().position(|k| k.call.alike(call)) {
+            Some(i) => &mut kinds.list[i],
+            // Too many kinds at once (given times, most likely): this one
+            // goes unbounded.
+            None if kinds.list.len() >= MAX_KINDS => return Ok((permit(None), lead)),
             None => {
-                kinds.push(Kind {
+                let id = kinds.next_id;
+                kinds.next_id += 1;
+                kinds.list.push(Kind {
+                    id,
                     call: call.clone(),
                     in_flight: 0,
                     waiting: VecDeque::new(),
                 });
-                let last = kinds.len() - 1;
-                &mut kinds[last]
+                let last = kinds.list.len() - 1;
+                &mut kinds.list[last]
             }
         };
         if kind.in_flight < self.max {
             kind.in_flight += 1;
-            let permit = Permit {
-                inner: Arc::clone(inner),
-                conn: conn.clone(),
-                call: Some(call.clone()),
-            };
-            return Ok((permit, lead));
+            return Ok((permit(Some(kind.id)), lead));
         }
         let (tx, rx) = oneshot::channel();
         kind.waiting.push_back(Waiter {
@@ -138,18 +150,19 @@ impl Bus {
         Err(rx)
     }
 
-    /// The oldest waiting requests of `call`'s kind, at most [`MAX_KEYS`],
-    /// or `None` (and one call of the kind fewer in flight) when none
-    /// waits. Requests given up on are left out, and those that waited
-    /// longer than `deadline` are answered that they timed out; both count
-    /// for nothing.
-    fn next(&self, call: &Call, deadline: std::time::Duration) -> Option<Vec<Waiter>> {
+    /// The oldest waiting requests of kind `id`, at most [`MAX_KEYS`],
+    /// with the kind's call; or `None` (and one call of the kind fewer in
+    /// flight) when none waits. Requests given up on are left out, and
+    /// those that waited longer than `deadline` are answered that they
+    /// timed out; both count for nothing.
+    fn next(&self, id: u64, deadline: std::time::Duration) -> Option<(Call, Vec<Waiter>)> {
         let mut out: Vec<Waiter> = Vec::new();
         let mut gone: Vec<Waiter> = Vec::new();
+        let mut call = None;
         {
             let mut kinds = self.lock();
-            let i = kinds.iter().position(|k| k.call.alike(call))?;
-            let kind = &mut kinds[i];
+            let i = kinds.index(id)?;
+            let kind = &mut kinds.list[i];
             let now = Instant::now();
             while out.len() < MAX_KEYS {
                 let Some(w) = kind.waiting.pop_front() else {
@@ -164,31 +177,33 @@ impl Bus {
             if out.is_empty() {
                 kind.in_flight -= 1;
                 if kind.in_flight == 0 {
-                    kinds.swap_remove(i);
+                    kinds.list.swap_remove(i);
                 }
+            } else {
+                call = Some(kind.call.clone());
             }
         }
         // Outside the lock: handing a lane on may send its next call.
         for w in gone {
             let _ = w.tx.send(Err(super::timed_out(deadline)));
         }
-        (!out.is_empty()).then_some(out)
+        call.map(|c| (c, out))
     }
 
-    /// Gives a place of `call`'s kind back; with no other call of the kind
+    /// Gives a place of kind `id` back; with no other call of the kind
     /// in flight to send whatever of it waits, answers that with `error`.
-    fn abandon(&self, call: &Call, error: impl Fn() -> StoreError) {
+    fn abandon(&self, id: u64, error: impl Fn() -> StoreError) {
         let waiting = {
             let mut kinds = self.lock();
-            let Some(i) = kinds.iter().position(|k| k.call.alike(call)) else {
+            let Some(i) = kinds.index(id) else {
                 return;
             };
-            let kind = &mut kinds[i];
+            let kind = &mut kinds.list[i];
             kind.in_flight -= 1;
             if kind.in_flight > 0 {
                 return;
             }
-            kinds.swap_remove(i).waiting
+            kinds.list.swap_remove(i).waiting
         };
         for w in waiting {
             let _ = w.tx.send(Err(error()));
@@ -202,15 +217,15 @@ pub(crate) struct Permit {
     inner: Arc<Inner>,
     conn: RedisConnection,
     /// Its kind; `None` for a call outside the bound.
-    call: Option<Call>,
+    kind: Option<u64>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let Some(call) = self.call.take() else {
+        let Some(kind) = self.kind else {
             return;
         };
-        let Some(first) = self.inner.bus.next(&call, self.inner.timeout) else {
+        let Some((call, first)) = self.inner.bus.next(kind, self.inner.timeout) else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -218,15 +233,15 @@ impl Drop for Permit {
             for w in first {
                 let _ = w.tx.send(Err(super::no_runtime()));
             }
-            self.inner.bus.abandon(&call, super::no_runtime);
+            self.inner.bus.abandon(kind, super::no_runtime);
             return;
         };
         let drain = Drain {
             inner: Arc::clone(&self.inner),
-            call,
+            kind,
             finished: false,
         };
-        runtime.spawn(drain.run(self.conn.clone(), first));
+        runtime.spawn(drain.run(self.conn.clone(), call, first));
     }
 }
 
@@ -235,52 +250,43 @@ impl Drop for Permit {
 struct Drain {
     inner: Arc<Inner>,
     /// The kind it sends.
-    call: Call,
+    kind: u64,
     finished: bool,
 }
 
 impl Drain {
-    async fn run(mut self, mut conn: RedisConnection, first: Vec<Waiter>) {
+    async fn run(mut self, mut conn: RedisConnection, call: Call, first: Vec<Waiter>) {
         let mut group = first;
         loop {
             // Callers gone since the group was taken count for nothing
             // either (their keys' lanes go on).
             group.retain(|w| !w.tx.is_closed());
-            if group.is_empty() {
-                match self.inner.bus.next(&self.call, self.inner.timeout) {
-                    Some(next) => group = next,
-                    None => break,
-                }
-                continue;
+            if !group.is_empty() {
+                self.send(&mut conn, &call, group).await;
             }
-            let call = &self.call;
-            let keys: Vec<(&Key, &[Request])> = group
-                .iter()
-                .map(|w| (&w.key, std::slice::from_ref(&w.request)))
-                .collect();
-            let result = self.inner.decide_keys(&mut conn, call, &keys).await;
-            drop(keys);
-            match result {
-                Ok(answers) => {
-                    for (w, answer) in group.into_iter().zip(answers) {
-                        let _ = w.tx.send(answer.map(|mut d| d.swap_remove(0)));
-                        // Then the key's lane goes on.
-                        drop(w.lead);
-                    }
-                }
-                Err(e) => {
-                    for w in group {
-                        let _ =
-                            w.tx.send(Err(StoreError::new(e.kind(), e.to_string(), None)));
-                    }
-                }
-            }
-            match self.inner.bus.next(&self.call, self.inner.timeout) {
-                Some(next) => group = next,
+            match self.inner.bus.next(self.kind, self.inner.timeout) {
+                Some((_, next)) => group = next,
                 None => break,
             }
         }
         self.finished = true;
+    }
+
+    /// Decides `group` in one call and answers each; then each key's lane
+    /// goes on.
+    async fn send(&self, conn: &mut RedisConnection, call: &Call, group: Vec<Waiter>) {
+        let keys: Vec<(&Key, Request)> = group.iter().map(|w| (&w.key, w.request)).collect();
+        let result = self.inner.decide_keys(conn, call, &keys).await;
+        drop(keys);
+        let answers: Vec<Result<Decision, StoreError>> = match result {
+            Ok(answers) => answers,
+            Err(e) => group.iter().map(|_| Err(e.copy())).collect(),
+        };
+        for (w, answer) in group.into_iter().zip(answers) {
+            let _ = w.tx.send(answer);
+            // Then the key's lane goes on.
+            drop(w.lead);
+        }
     }
 }
 
@@ -289,7 +295,7 @@ impl Drop for Drain {
         // The task stopped early (a panic, a runtime shutting down): its
         // place in flight is given back, and whoever waits is answered.
         if !self.finished {
-            self.inner.bus.abandon(&self.call, || {
+            self.inner.bus.abandon(self.kind, || {
                 StoreError::new(
                     crate::error::StoreErrorKind::Unavailable,
                     "the task sending the calls this request waited for stopped",

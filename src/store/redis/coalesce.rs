@@ -89,14 +89,9 @@ pub(crate) struct Batch {
 impl Batch {
     /// A call of one request, answered by its caller.
     pub(crate) fn one(call: Call, request: Request) -> Self {
-        Self::of(call, vec![request])
-    }
-
-    /// A call of `requests`, answered by its caller.
-    pub(crate) fn of(call: Call, requests: Vec<Request>) -> Self {
         Self {
             call,
-            requests,
+            requests: vec![request],
             answers: Vec::new(),
         }
     }
@@ -111,7 +106,7 @@ impl Batch {
             }
             Err(e) => {
                 for tx in self.answers {
-                    let _ = tx.send(Err(StoreError::new(e.kind(), e.to_string(), None)));
+                    let _ = tx.send(Err(e.copy()));
                 }
             }
         }

@@ -1150,35 +1150,51 @@ impl Inner {
         let script = self.scripts.get(&call.set, call.shape());
         let floor = self.timeline.floor();
         let cmd = command(&self.prefix, &script, &tag, call, &batch.requests, floor);
+        let (value, sent) = self.guarded(conn, slot, &script, &cmd).await?;
+        self.read_reply(key, call, &batch.requests, value, sent)
+    }
+
+    /// The decisions in `value`, the script's reply for `key`'s
+    /// `requests`; the Redis time it read and the states after them are
+    /// taken in.
+    fn read_reply(
+        &self,
+        key: &Key,
+        call: &Call,
+        requests: &[Request],
+        value: Value,
+        sent: Instant,
+    ) -> Result<Vec<Decision>, StoreError> {
         let replies = if call.op == Op::Reset {
             0
         } else {
-            batch.requests.len()
+            requests.len()
         };
-        let (value, sent) = self.guarded(conn, slot, &script, &cmd).await?;
         let reply = reply::parse(&call.set, value, replies)?;
         let read_at = reply.now;
         self.timeline.saw(read_at);
-        let (decisions, states) = answer(call, &batch.requests, reply)?;
+        let (decisions, states) = answer(call, requests, reply)?;
         if let Some(last) = decisions.last() {
             self.settled(key, call, &states, read_at, sent, last);
         }
         Ok(decisions)
     }
 
-    /// Decides the requests of each of `keys`, distinct keys under
-    /// `call`'s policy set, in one call: each key's as a call for it alone
+    /// Decides one request for each of `keys`, distinct keys under
+    /// `call`'s policy set, in one call: each as a call for it alone
     /// would, at one Redis time. Only where one Redis serves every key
-    /// (not a Cluster).
+    /// (not a Cluster). Each key's answer is its own: a reply that does
+    /// not read fails only its key's request.
     async fn decide_keys(
         &self,
         conn: &mut RedisConnection,
         call: &Call,
-        keys: &[(&Key, &[Request])],
-    ) -> Result<Vec<Result<Vec<Decision>, StoreError>>, StoreError> {
-        if let [(key, requests)] = keys {
-            let batch = Batch::of(call.clone(), requests.to_vec());
-            return Ok(vec![self.decide_batch(conn, key, &batch).await]);
+        keys: &[(&Key, Request)],
+    ) -> Result<Vec<Result<Decision, StoreError>>, StoreError> {
+        let first = |d: Result<Vec<Decision>, StoreError>| d.map(|mut d| d.swap_remove(0));
+        if let [(key, request)] = keys {
+            let batch = Batch::one(call.clone(), *request);
+            return Ok(vec![first(self.decide_batch(conn, key, &batch).await)]);
         }
         let script = self.scripts.get(
             &call.set,
@@ -1209,22 +1225,12 @@ impl Inner {
                 keys.len()
             )));
         }
-        // Each key's answer is its own: a reply that does not read fails
-        // only its key's requests.
-        let one = |key: &Key, requests: &[Request], value: Value| {
-            let reply = reply::parse(&call.set, value, requests.len())?;
-            let read_at = reply.now;
-            self.timeline.saw(read_at);
-            let (mine, states) = answer(call, requests, reply)?;
-            if let Some(last) = mine.last() {
-                self.settled(key, call, &states, read_at, sent, last);
-            }
-            Ok(mine)
-        };
         Ok(keys
             .iter()
             .zip(replies)
-            .map(|((key, requests), value)| one(key, requests, value))
+            .map(|((key, request), value)| {
+                first(self.read_reply(key, call, std::slice::from_ref(request), value, sent))
+            })
             .collect())
     }
 
@@ -1416,7 +1422,7 @@ fn command(
     if call.op == Op::Reset {
         return cmd;
     }
-    cmd.arg(packed_params(set).as_slice());
+    push_params(&mut cmd, set);
     let leased = set.has_concurrency();
     match call.op {
         Op::Release | Op::Renew => {
@@ -1455,20 +1461,19 @@ fn push_requests(cmd: &mut Cmd, call: &Call, requests: &[Request], leased: bool)
 
 /// `FCALL` of `script`'s function (its shape for several keys) with every
 /// key's keys under `call`'s policies, then the arguments
-/// `script::body` describes for several keys.
+/// `script::body` describes for several keys: one request per key.
 fn command_many(
     prefix: &str,
     hash: Option<&KeyHash>,
     script: &Script,
     call: &Call,
-    keys: &[(&Key, &[Request])],
+    keys: &[(&Key, Request)],
     floor: u64,
 ) -> Cmd {
     let set = &call.set;
-    let requests: usize = keys.iter().map(|(_, r)| r.len()).sum();
     let mut cmd = Cmd::with_capacity(
-        6 + keys.len() * (set.len() + 1) + requests * script.stride,
-        64 + keys.len() * set.len() * (prefix.len() + 96) + requests * 24,
+        6 + keys.len() * (set.len() + 1 + script.stride),
+        64 + keys.len() * (set.len() * (prefix.len() + 96) + 24),
     );
     cmd.arg("FCALL")
         .arg(&script.function)
@@ -1476,51 +1481,36 @@ fn command_many(
     let mut name = Vec::with_capacity(prefix.len() + 160);
     for (key, _) in keys {
         name.clear();
-        name.extend_from_slice(prefix.as_bytes());
-        name.push(b'{');
-        keys::write_tag(&mut name, hash, key);
-        name.extend_from_slice(b"}:");
+        write_stem(&mut name, prefix, hash, key);
         push_policy_keys(&mut cmd, &mut name, set);
     }
     cmd.arg(call.at.unwrap_or(floor));
-    cmd.arg(packed_params(set).as_slice());
+    push_params(&mut cmd, set);
     cmd.arg(keys.len());
     let leased = set.has_concurrency();
-    for (_, requests) in keys {
-        cmd.arg(requests.len());
-        push_requests(&mut cmd, call, requests, leased);
+    for (_, request) in keys {
+        cmd.arg(1);
+        push_requests(&mut cmd, call, std::slice::from_ref(request), leased);
     }
     cmd
 }
 
-/// Every policy's parameters, packed as `lua/decide.lua` reads them.
-fn packed_params(set: &PolicySet) -> ParamBytes {
+/// Every policy's parameters, packed in one argument as `lua/decide.lua`
+/// reads them.
+fn push_params(cmd: &mut Cmd, set: &PolicySet) {
     // At most 4 numbers of 8 bytes per policy: on the stack.
-    let mut out = ParamBytes {
-        bytes: [0_u8; 32 * PolicySet::MAX_POLICIES],
-        len: 0,
-    };
+    let mut bytes = [0_u8; 32 * PolicySet::MAX_POLICIES];
+    let mut len = 0;
     for p in set.params() {
         let (values, n) = script::param_values(p);
         for v in &values[..n] {
             // Exact: every parameter is an integer below 2^53.
             #[allow(clippy::cast_precision_loss)]
-            out.bytes[out.len..out.len + 8].copy_from_slice(&(*v as f64).to_be_bytes());
-            out.len += 8;
+            bytes[len..len + 8].copy_from_slice(&(*v as f64).to_be_bytes());
+            len += 8;
         }
     }
-    out
-}
-
-struct ParamBytes {
-    bytes: [u8; 32 * PolicySet::MAX_POLICIES],
-    len: usize,
-}
-
-impl ParamBytes {
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
+    cmd.arg(&bytes[..len]);
 }
 
 /// Calls `script`'s function with `cmd`'s arguments (an `FCALL`): loads
@@ -1688,11 +1678,16 @@ fn write_key(
     policy: &Policy,
     params: &Params,
 ) {
+    write_stem(out, prefix, hash, key);
+    write_policy(out, policy, params);
+}
+
+/// `<prefix>{<key>}:`, what every policy's key for `key` starts with.
+fn write_stem(out: &mut Vec<u8>, prefix: &str, hash: Option<&KeyHash>, key: &Key) {
     out.extend_from_slice(prefix.as_bytes());
     out.push(b'{');
     keys::write_tag(out, hash, key);
     out.extend_from_slice(b"}:");
-    write_policy(out, policy, params);
 }
 
 /// `<policy>:<fingerprint>`.
