@@ -430,17 +430,17 @@ fn body(out: &mut String, algorithms: &[Algorithm], shape: Shape) -> usize {
     } else {
         format!(", {stride}")
     };
-    if many {
-        let _ = writeln!(
-            out,
-            "local flags, bits, changed = 0, 0, false\nfor j = pos + 1, pos + requests * {stride}, {stride} do"
-        );
+    // The requests' arguments: this key's run, or all of `ARGV` after the
+    // fixed ones.
+    let range = if many {
+        format!("pos + 1, pos + requests * {stride}, {stride}")
     } else {
-        let _ = writeln!(
-            out,
-            "local flags, bits, changed = 0, 0, false\nfor j = {arg}, #ARGV{step} do"
-        );
-    }
+        format!("{arg}, #ARGV{step}")
+    };
+    let _ = writeln!(
+        out,
+        "local flags, bits, changed = 0, 0, false\nfor j = {range} do"
+    );
     out.push_str("  local cost = tonumber(ARGV[j])\n");
     if shape.wait {
         out.push_str("  local max_wait = tonumber(ARGV[j + 1])\n");
