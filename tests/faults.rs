@@ -257,9 +257,17 @@ fn sigkill_under_load(coalesce: bool) -> Duration {
             let res = Response::builder().header("x-decided-by", by);
             Ok::<_, Infallible>(res.body(String::new()).unwrap())
         }));
+    let tag = fresh_tag();
+    // The library loaded before the load starts: no first call of a task
+    // is near the deadline while Redis is up.
+    let warm = Request::builder()
+        .header("x-key", format!("kill-{tag}-warm"))
+        .body(String::new())
+        .unwrap();
+    let res = rt.block_on(svc.clone().oneshot(warm)).unwrap();
+    assert_eq!(res.headers()["x-decided-by"], "redis");
     let t0 = Instant::now();
     let until = t0 + Duration::from_millis(1200);
-    let tag = fresh_tag();
     let tasks: Vec<_> = (0..64)
         .map(|i| {
             let svc = svc.clone();
@@ -283,6 +291,9 @@ fn sigkill_under_load(coalesce: bool) -> Duration {
     std::thread::sleep(Duration::from_millis(400));
     let killed = t0.elapsed();
     server.kill();
+    // Requests asked once the process is gone; between the two stamps a
+    // request may still have been decided by Redis.
+    let dead = t0.elapsed();
     let seen: Vec<_> = rt.block_on(async {
         let mut all = Vec::new();
         for t in tasks {
@@ -299,7 +310,7 @@ fn sigkill_under_load(coalesce: bool) -> Duration {
         .filter(|(at, took, ..)| *at + *took < killed)
         .collect();
     assert!(before.len() > 100 && before.iter().all(|(.., by)| by == "redis"));
-    let after: Vec<_> = seen.iter().filter(|(at, ..)| *at >= killed).collect();
+    let after: Vec<_> = seen.iter().filter(|(at, ..)| *at >= dead).collect();
     let open = after.iter().filter(|(.., by)| by == "open").count();
     assert_eq!(
         open,
@@ -387,7 +398,7 @@ fn a_restart_on_the_same_port_with_empty_caches_decides_from_redis_again_within_
         assert!(server.command("FUNCTION LIST").contains("tower_ratelimit"));
         let late: Vec<&Answer> = answers
             .iter()
-            .filter(|a| a.at > resumed + DEADLINE && !a.by_redis())
+            .filter(|a| a.at > resumed + 3 * DEADLINE + MARGIN && !a.by_redis())
             .collect();
         assert!(
             late.is_empty(),
@@ -537,7 +548,9 @@ fn a_pause_longer_than_the_deadline_is_answered_by_the_policy_and_counts_nothing
         .filter(|a| a.outcome == Outcome::Failed(StoreErrorKind::Unavailable))
         .count();
     assert!(timeouts > 0 && skipped > 0, "timed out, then cooled down");
-    assert!(worst <= 2 * DEADLINE + MARGIN, "worst latency {worst:?}");
+    // A request coalesced behind its key's call waits at most three
+    // deadlines.
+    assert!(worst <= 3 * DEADLINE + MARGIN, "worst latency {worst:?}");
     let back = answers
         .iter()
         .filter(|a| a.at > resumed && a.by_redis())
@@ -629,7 +642,7 @@ fn client_kill_of_the_stores_connection_reconnects_and_decides_from_redis_again_
         .iter()
         .map(|a| a.end())
         .max()
-        .map_or(Duration::ZERO, |end| end - killed_at);
+        .map_or(Duration::ZERO, |end| end.saturating_sub(killed_at));
     let sent_after = answers.iter().filter(|a| a.at > killed_at).count();
     eprintln!(
         "CLIENT KILL: {} of {sent_after} requests after it decided in memory, the last \
@@ -640,8 +653,11 @@ fn client_kill_of_the_stores_connection_reconnects_and_decides_from_redis_again_
         degraded.len() <= 64,
         "the requests in flight, at most one per task"
     );
+    // Reconnected at once: a cool-down (1 s) would have decided in memory
+    // for a second. The bound leaves room for a call that a loaded machine
+    // kept past its deadline.
     assert!(
-        outage < DEADLINE,
+        outage < 5 * DEADLINE,
         "from Redis again {outage:?} after the kill"
     );
     assert!(
@@ -755,7 +771,9 @@ fn a_slow_redis_under_a_flood_keeps_one_connection_and_few_calls_in_flight() {
     // One call per key at a time, and one more for a key whose call timed
     // out before the cool-down began.
     assert!(in_flight <= 2 * KEYS as u64, "{in_flight} calls in flight");
-    assert!(worst <= 2 * DEADLINE + MARGIN, "worst latency {worst:?}");
+    // A request coalesced behind its key's call waits at most three
+    // deadlines.
+    assert!(worst <= 3 * DEADLINE + MARGIN, "worst latency {worst:?}");
 }
 
 #[test]

@@ -204,7 +204,7 @@ mod metrics_recorded {
         metrics::with_local_recorder(&recorded, || {
             current_thread().block_on(async {
                 let store = tower_ratelimit::store::RedisStore::builder()
-                    .timeout(Duration::from_millis(50))
+                    .timeout(Duration::from_millis(200))
                     .cool_down(2, Duration::from_secs(30))
                     .connect(&server.url())
                     .await

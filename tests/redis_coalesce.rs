@@ -387,10 +387,13 @@ fn requests_no_call_takes_within_the_deadline_time_out_uncounted() {
         drop(stopped);
         assert!(answers.iter().all(Result::is_err), "{answers:?}");
         // The calls sent ran once Redis went on; the others never did.
+        // Read through a store of its own, whose deadline a machine busy
+        // with the calls Redis now runs cannot miss.
         tokio::time::sleep(Duration::from_millis(100)).await;
+        let reader = support::redis_store(&server).await;
         let mut charged = 0;
         for k in &keys {
-            let peek = redis
+            let peek = reader
                 .decide(Check::new(k, &set, 1).with_op(Op::Peek))
                 .await
                 .unwrap();
@@ -410,7 +413,7 @@ fn policy_sets_do_not_wait_for_each_others_calls() {
     let server = RedisServer::start();
     let rt = runtime();
     rt.block_on(async {
-        let deadline = Duration::from_millis(300);
+        let deadline = Duration::from_secs(1);
         let redis = one_call_in_flight(&server, deadline).await;
         let a = PolicySet::new(vec![Policy::new("a", Quota::per_hour(10))]).unwrap();
         let b = PolicySet::new(vec![Policy::new("b", Quota::per_hour(10))]).unwrap();
@@ -422,9 +425,9 @@ fn policy_sets_do_not_wait_for_each_others_calls() {
         let started = std::time::Instant::now();
         // Set a's call is in flight (and hangs), a second request of set a
         // waits for it, and 100 ms on set b's request goes at once: it
-        // ends with its own deadline, at about 400 ms. Behind set a's
-        // calls it would end at about 600 ms (taken after the second one's
-        // call, or timed out waiting).
+        // ends with its own deadline, at about 1.1 s. Behind set a's calls
+        // it would end at about 2 s (taken after the second one's call, or
+        // timed out waiting).
         let (ka, ka2, kb) = (fresh_key("a"), fresh_key("a"), fresh_key("b"));
         let first = redis.decide(Check::new(&ka, &a, 1));
         let behind = redis.decide(Check::new(&ka2, &a, 1));
@@ -436,7 +439,7 @@ fn policy_sets_do_not_wait_for_each_others_calls() {
         let (first, behind, other) = tokio::join!(first, behind, other);
         drop(stopped);
         assert!(first.is_err() && behind.is_err() && other.0.is_err());
-        assert!(other.1 < Duration::from_millis(500), "{:?}", other.1);
+        assert!(other.1 < Duration::from_millis(1_600), "{:?}", other.1);
     });
 }
 

@@ -124,6 +124,7 @@ fn an_acl_user_with_the_documented_permissions_decides_in_its_database() {
     let rt = runtime();
     rt.block_on(async {
         let store = RedisStore::builder()
+            .timeout(Duration::from_secs(5))
             .username("limiter")
             .password("s3cret")
             .database(3)
@@ -248,12 +249,14 @@ mod tls {
         let rt = runtime();
         rt.block_on(async {
             let store = RedisStore::builder()
+                .timeout(Duration::from_secs(5))
                 .tls_root_ca(ca.clone())
                 .connect(&format!("rediss://localhost:{tls_port}/"))
                 .await
                 .unwrap();
             assert_eq!(decides(&store, "tls").await, 3);
             let by_ip = RedisStore::builder()
+                .timeout(Duration::from_secs(5))
                 .tls_root_ca(ca.clone())
                 .connect(&format!("rediss://127.0.0.1:{tls_port}/"))
                 .await

@@ -147,6 +147,7 @@ fn a_flood_on_a_denied_key_costs_no_redis_call() {
     let rt = runtime();
     rt.block_on(async {
         let redis = RedisStore::builder()
+            .timeout(Duration::from_secs(5))
             .denied_cache(10, Duration::from_secs(3600))
             .connect(&server.url())
             .await

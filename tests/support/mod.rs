@@ -49,6 +49,12 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+/// Sends one inline command to the server on `port` and returns the raw
+/// reply, empty when it does not answer.
+pub fn command_on(port: u16, command: &str) -> String {
+    raw_command(port, command).unwrap_or_default()
+}
+
 /// Sends one inline command and returns the raw reply.
 fn raw_command(port: u16, command: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
