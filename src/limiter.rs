@@ -620,13 +620,13 @@ impl<St: Store> RateLimiter<St> {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), tower_ratelimit::BoxError> {
     /// let limiter = RateLimiter::builder()
-    ///     .policy(Policy::new("p", Quota::per_second(10).burst(2)))
+    ///     .policy(Policy::new("p", Quota::per_minute(10).burst(2)))
     ///     .build()?;
     /// assert!(limiter.try_acquire("k", 2).await?.is_allowed());
     /// let d = limiter.try_acquire("k", 1).await?;
     /// assert!(!d.is_allowed());
-    /// let retry = d.retry_after().unwrap();
-    /// assert!(retry > Duration::ZERO && retry <= Duration::from_millis(100));
+    /// let retry = d.retry_after().unwrap(); // one unit back every 6 s
+    /// assert!(retry > Duration::ZERO && retry <= Duration::from_secs(6));
     /// assert!(limiter.try_acquire("k", 3).await?.is_never()); // more than the burst
     /// # Ok(())
     /// # }
