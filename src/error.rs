@@ -302,7 +302,7 @@ impl StoreError {
 
     /// The same failure for another request that shared its call: the
     /// kind and the whole message, the cause as text.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg(feature = "redis")]
     pub(crate) fn copy(&self) -> Self {
         Self::new(self.kind, self.to_string(), None)
     }

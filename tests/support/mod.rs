@@ -153,7 +153,7 @@ impl RedisServer {
 
     /// Sends an inline command and returns the raw reply.
     pub fn command(&self, command: &str) -> String {
-        raw_command(self.port, command).unwrap_or_default()
+        command_on(self.port, command)
     }
 
     fn log(&self) -> String {

@@ -101,7 +101,8 @@ impl Bus {
 
     /// Enters the request leading `key`'s lane: a call of its own (the
     /// lead given back) when fewer than the most are in flight, else a
-    /// place among those waiting, which keeps the lead until answered.
+    /// place among those waiting, which keeps the lead until answered. A
+    /// call outside the bound (too many kinds at once) has no permit.
     pub(crate) fn enter(
         &self,
         inner: &Arc<Inner>,
@@ -110,18 +111,13 @@ impl Bus {
         call: &Call,
         request: Request,
         lead: Lead,
-    ) -> Result<(Permit, Lead), Answer> {
+    ) -> Result<(Option<Permit>, Lead), Answer> {
         let mut kinds = self.lock();
-        let permit = |kind| Permit {
-            inner: Arc::clone(inner),
-            conn: conn.clone(),
-            kind,
-        };
         let kind = match kinds.list.iter().position(|k| k.call.alike(call)) {
             Some(i) => &mut kinds.list[i],
             // Too many kinds at once (given times, most likely): this one
             // goes unbounded.
-            None if kinds.list.len() >= MAX_KINDS => return Ok((permit(None), lead)),
+            None if kinds.list.len() >= MAX_KINDS => return Ok((None, lead)),
             None => {
                 let id = kinds.next_id;
                 kinds.next_id += 1;
@@ -137,7 +133,12 @@ impl Bus {
         };
         if kind.in_flight < self.max {
             kind.in_flight += 1;
-            return Ok((permit(Some(kind.id)), lead));
+            let permit = Permit {
+                inner: Arc::clone(inner),
+                conn: conn.clone(),
+                kind: kind.id,
+            };
+            return Ok((Some(permit), lead));
         }
         let (tx, rx) = oneshot::channel();
         kind.waiting.push_back(Waiter {
@@ -216,15 +217,13 @@ impl Bus {
 pub(crate) struct Permit {
     inner: Arc<Inner>,
     conn: RedisConnection,
-    /// Its kind; `None` for a call outside the bound.
-    kind: Option<u64>,
+    /// Its kind.
+    kind: u64,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let Some(kind) = self.kind else {
-            return;
-        };
+        let kind = self.kind;
         let Some((call, first)) = self.inner.bus.next(kind, self.inner.timeout) else {
             return;
         };

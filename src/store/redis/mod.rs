@@ -1074,7 +1074,7 @@ impl Store for RedisStore {
             let (permit, lead) = match lead {
                 Some(lead) if inner.bus.bounded() => {
                     match inner.bus.enter(&inner, &conn, &key, &call, request, lead) {
-                        Ok((permit, lead)) => (Some(permit), Some(lead)),
+                        Ok((permit, lead)) => (permit, Some(lead)),
                         // Behind the calls in flight, then in one with
                         // other keys, which hands the lane on.
                         Err(answer) => return waited(answer, 3 * inner.timeout).await,
