@@ -470,6 +470,90 @@ mod sentinel {
     use super::*;
     use support::RedisSentinels;
 
+    /// Connections the master has accepted so far (counting the one that
+    /// asks).
+    fn accepted(server: &RedisServer) -> u64 {
+        let info = server.command("INFO stats");
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no total_connections_received in {info:?}"))
+    }
+
+    #[test]
+    fn calls_given_up_on_keep_the_connection_and_one_search_outlives_deadlines() {
+        // A down-after far beyond the pause below: no failover.
+        let redis = RedisSentinels::start(30_000);
+        let rt = runtime();
+        rt.block_on(async {
+            let store = RedisStore::builder()
+                .timeout(Duration::from_millis(100))
+                .cool_down(u32::MAX, Duration::from_secs(1))
+                .connect_timeout(Duration::from_secs(5))
+                .connect_sentinel(redis.urls(), "mymaster")
+                .await
+                .unwrap();
+            let set = per_minute(1_000);
+            let key = fresh_key("sentinel-cancel");
+            assert!(store.decide(Check::new(&key, &set, 1)).await.is_ok());
+
+            // Callers that go away while their call is in flight (a client
+            // disconnecting): the connection stays.
+            let before = accepted(&redis.master);
+            for _ in 0..20 {
+                let mut call = std::pin::pin!(store.decide(Check::new(&key, &set, 1)));
+                // Polled once (the call is sent), then dropped unanswered.
+                let polled =
+                    std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+                assert!(polled.is_pending(), "given up on before Redis answered");
+            }
+            assert!(store.decide(Check::new(&key, &set, 1)).await.is_ok());
+            assert_eq!(
+                accepted(&redis.master) - before,
+                1,
+                "no new connection but the one that counts them"
+            );
+
+            // The master stalls for 1.5 s: the call in flight misses its
+            // deadline and drops the connection. Finding the master again
+            // (its `ROLE` check) stalls as long: one search, in a task
+            // of its own, outlives the deadlines of the calls that wait
+            // for it, instead of one search per call, each cut short.
+            let before = accepted(&redis.master);
+            assert!(
+                redis
+                    .master
+                    .command("CLIENT PAUSE 1500 ALL")
+                    .starts_with("+OK")
+            );
+            let t0 = Instant::now();
+            let mut errors = 0;
+            let resumed = loop {
+                assert!(t0.elapsed() < Duration::from_secs(10), "decisions resumed");
+                match store.decide(Check::new(&key, &set, 1)).await {
+                    Ok(_) => break t0.elapsed(),
+                    Err(_) => errors += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            let made = accepted(&redis.master) - before;
+            eprintln!(
+                "paused master: {errors} failed calls, resumed after {resumed:?}, \
+                 {made} connections accepted"
+            );
+            assert!(
+                errors >= 5,
+                "calls failed while the master stalled: {errors}"
+            );
+            // This test's two commands, the search's `ROLE` check and its
+            // connection, and again if a call that waited for the
+            // search missed its deadline as it ended. One search per call
+            // would open one a call.
+            assert!(made <= 8, "{made} connections for {errors} failed calls");
+            assert!(resumed < Duration::from_secs(3), "{resumed:?}");
+        });
+    }
+
     #[test]
     fn a_killed_master_is_replaced_through_the_sentinels() {
         let mut redis = RedisSentinels::start(1_000);

@@ -125,6 +125,15 @@ impl From<SentinelConnection> for RedisConnection {
 }
 
 impl RedisConnection {
+    /// A call on it missed the store's deadline: a connection that can
+    /// find its node again (Sentinel's master) drops this one.
+    fn missed_deadline(&self) {
+        #[cfg(feature = "redis-sentinel")]
+        if let RedisConnection::Sentinel(c) = self {
+            c.forget();
+        }
+    }
+
     async fn query(&mut self, cmd: &Cmd) -> Result<Value, RedisError> {
         let value = match self {
             RedisConnection::Manager(c) => c.req_packed_command(cmd).await,
@@ -1019,7 +1028,7 @@ impl RedisStoreBuilder {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(limit))
             .set_response_timeout(None);
-        let conn = SentinelConnection::new(client, config);
+        let conn = SentinelConnection::new(client, config, limit);
         let addr = master.get_connection_info().addr().to_string();
         connect::within(limit, &addr, async {
             conn.master()
@@ -1601,7 +1610,10 @@ async fn send(
     match tokio::time::timeout(inner.timeout, call).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(store_error(e)),
-        Err(_) => Err(timed_out(inner.timeout)),
+        Err(_) => {
+            conn.missed_deadline();
+            Err(timed_out(inner.timeout))
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! a failover.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::sentinel::SentinelClient;
@@ -11,11 +12,19 @@ use redis::{AsyncConnectionConfig, Cmd, RedisError, RedisResult, Value};
 /// [`RedisStoreBuilder::connect_sentinel`](super::RedisStoreBuilder::connect_sentinel).
 ///
 /// It holds one multiplexed connection to the master. When a call on it
-/// fails for want of the master (the connection is lost, the call times
-/// out, or the node answers `READONLY`: it was demoted), the connection is
-/// dropped and the next call asks the sentinels for the master again, so
-/// decisions resume on the promoted replica as soon as the sentinels name
-/// it.
+/// fails for want of the master (the connection is lost, the call misses
+/// the store's deadline, or the node answers `READONLY`: it was demoted),
+/// the connection is dropped and the next call asks the sentinels for the
+/// master again, so decisions resume on the promoted replica as soon as the
+/// sentinels name it. A call its caller gives up on (a client that went
+/// away) keeps the connection.
+///
+/// One search for the master runs at a time, in a task of its own, within
+/// the store's [connect
+/// timeout](super::RedisStoreBuilder::connect_timeout): a call whose
+/// deadline passes while it runs leaves it to finish for the calls after
+/// it, and calls that come meanwhile wait for it (within their deadlines)
+/// rather than start another.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), tower_ratelimit::BoxError> {
@@ -45,18 +54,25 @@ impl std::fmt::Debug for SentinelConnection {
 }
 
 struct Shared {
-    /// Asks the sentinels; one call at a time looks for the master.
-    client: tokio::sync::Mutex<SentinelClient>,
+    /// Asks the sentinels; held by the one search for the master.
+    client: Arc<tokio::sync::Mutex<SentinelClient>>,
     current: Mutex<Option<MultiplexedConnection>>,
     config: AsyncConnectionConfig,
+    /// How long one search for the master may take.
+    connect_timeout: Duration,
 }
 
 impl SentinelConnection {
-    pub(crate) fn new(client: SentinelClient, config: AsyncConnectionConfig) -> Self {
+    pub(crate) fn new(
+        client: SentinelClient,
+        config: AsyncConnectionConfig,
+        connect_timeout: Duration,
+    ) -> Self {
         Self(Arc::new(Shared {
-            client: tokio::sync::Mutex::new(client),
+            client: Arc::new(tokio::sync::Mutex::new(client)),
             current: Mutex::new(None),
             config,
+            connect_timeout,
         }))
     }
 
@@ -68,7 +84,10 @@ impl SentinelConnection {
             .clone()
     }
 
-    fn forget(&self) {
+    /// Drops the connection: the next call asks the sentinels for the
+    /// master again. For a call that missed the store's deadline: the
+    /// master may be gone without closing it.
+    pub(crate) fn forget(&self) {
         *self
             .0
             .current
@@ -82,34 +101,55 @@ impl SentinelConnection {
         if let Some(c) = self.current() {
             return Ok(c);
         }
-        let mut client = self.0.client.lock().await;
-        if let Some(c) = self.current() {
-            return Ok(c);
-        }
-        let master = client.async_get_client().await?;
-        let conn = master
-            .get_multiplexed_async_connection_with_config(&self.0.config)
-            .await?;
-        *self
-            .0
-            .current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
-        Ok(conn)
+        let Ok(client) = Arc::clone(&self.0.client).try_lock_owned() else {
+            // A search is under way: its answer is this call's too.
+            drop(self.0.client.lock().await);
+            return self.current().ok_or_else(|| {
+                RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "the sentinels named no reachable master",
+                ))
+            });
+        };
+        // In a task of its own: dropped with this call (its deadline
+        // passed), the search goes on for the calls after it.
+        let this = self.clone();
+        let search = tokio::spawn(async move {
+            let mut client = client;
+            if let Some(c) = this.current() {
+                return Ok(c);
+            }
+            let found = tokio::time::timeout(this.0.connect_timeout, async {
+                let master = client.async_get_client().await?;
+                master
+                    .get_multiplexed_async_connection_with_config(&this.0.config)
+                    .await
+            })
+            .await;
+            let conn = found.map_err(|_| {
+                RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the master was not found and connected within the connect timeout ({:?})",
+                        this.0.connect_timeout
+                    ),
+                ))
+            })??;
+            *this
+                .0
+                .current
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+            Ok(conn)
+        });
+        search.await.unwrap_or_else(|e| {
+            Err(RedisError::from(std::io::Error::other(format!(
+                "the search for the master stopped: {e}"
+            ))))
+        })
     }
 
     pub(crate) async fn query(&self, cmd: &Cmd) -> Result<Value, RedisError> {
-        // Dropped unanswered (the store's deadline passed), the master may
-        // be gone: the next call asks the sentinels.
-        struct Unanswered<'a>(&'a SentinelConnection, bool);
-        impl Drop for Unanswered<'_> {
-            fn drop(&mut self) {
-                if !self.1 {
-                    self.0.forget();
-                }
-            }
-        }
-        let mut guard = Unanswered(self, false);
         let result = match self.master().await {
             Ok(mut conn) => conn.req_packed_command(cmd).await,
             Err(e) => Err(e),
@@ -118,7 +158,9 @@ impl SentinelConnection {
             Err(e) => e.is_io_error() || e.is_connection_dropped() || e.code() == Some("READONLY"),
             Ok(v) => matches!(v, Value::ServerError(e) if e.code() == "READONLY"),
         };
-        guard.1 = !lost;
+        if lost {
+            self.forget();
+        }
         result
     }
 }
