@@ -252,7 +252,7 @@ where
         let Some(result) = engine.decide_now(check) else {
             let check = engine.decide_later(check);
             let call = Box::new(Call {
-                service: self.inner.clone(),
+                service: later(&mut self.inner),
                 req,
                 checking: Some(Checking {
                     pending,
@@ -281,7 +281,7 @@ where
             } => {
                 let held = pending.map(|p| p.arm(true, degraded));
                 let call = Box::new(Call {
-                    service: self.inner.clone(),
+                    service: later(&mut self.inner),
                     req,
                     checking: None,
                 });
@@ -290,6 +290,17 @@ where
             Step::Answer(output) => ResponseFuture::done(output),
         }
     }
+}
+
+/// The inner service for a request called later: a clone, made ready once
+/// its wait is over. The one `poll_ready` readied is dropped for a fresh
+/// clone, so that neither the handle nor the waiting request holds a slot
+/// of a `ConcurrencyLimit` or `Buffer` inside meanwhile (their clones start
+/// without one).
+fn later<S: Clone>(inner: &mut S) -> S {
+    let service = inner.clone();
+    *inner = service.clone();
+    service
 }
 
 impl<S, K, St, C, M, P, F> RateLimit<S, K, St, C, M, P, F>

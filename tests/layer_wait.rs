@@ -118,6 +118,54 @@ async fn a_waiting_request_holds_no_buffer_slot() {
     assert_eq!(served, [("bob".to_owned(), Duration::ZERO)]);
 }
 
+/// One handle, readied and called for each request (a client's
+/// `svc.ready().await?.call(req)`), not a clone per request: a request
+/// that waits leaves the handle holding no slot of the limit inside, so
+/// the handle's next request and the waiting one are both served.
+async fn one_handle_ann_waits_then_bob<S>(mut svc: S)
+where
+    S: Service<Req, Response = Response<tower_ratelimit::response::ResponseBody<String>>>,
+    S::Error: std::fmt::Debug,
+{
+    let limit = Duration::from_secs(10);
+    let first = svc.ready().await.unwrap().call(user("ann")).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    // Ann's second waits a second for her slot.
+    let ann = svc.ready().await.unwrap().call(user("ann"));
+    let ann = tokio::time::timeout(limit, ann)
+        .await
+        .expect("the waiting request is served once its slot comes");
+    assert_eq!(ann.unwrap().status(), StatusCode::OK);
+    let bob = tokio::time::timeout(limit, async {
+        svc.ready().await.unwrap().call(user("bob")).await
+    })
+    .await
+    .expect("the handle is ready again after a request that waited");
+    assert_eq!(bob.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_handle_over_a_concurrency_limit_of_one_serves_a_waiting_request() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let svc = ServiceBuilder::new()
+        .layer(per_user_waiting())
+        .concurrency_limit(1)
+        .service(recording(&log, Instant::now()));
+    one_handle_ann_waits_then_bob(svc).await;
+    assert_eq!(log.lock().unwrap().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_handle_over_a_buffer_of_one_serves_a_waiting_request() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let svc = ServiceBuilder::new()
+        .layer(per_user_waiting())
+        .buffer(1)
+        .service(recording(&log, Instant::now()));
+    one_handle_ann_waits_then_bob(svc).await;
+    assert_eq!(log.lock().unwrap().len(), 3);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_waiting_request_does_not_make_load_shed_refuse_others() {
     let log = Arc::new(Mutex::new(Vec::new()));
